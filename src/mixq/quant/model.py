@@ -1,0 +1,297 @@
+"""QuantModel: a float model with folded BatchNorm and quantized Conv2d / Linear layers.
+
+    qm = QuantModel(model, calib=x_calib)          # fold BN, wrap layers, observe activation ranges
+    qm.set_bits(BitConfig.uniform(qm.layer_names, 4))   # cheap: cached per-bit weights swapped in
+    logits = qm(x)
+
+Activation ranges: each quantized layer's input range is the min/max over all calibration samples,
+observed in one float pass of the folded model (weights and activations in float), and frozen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mixq.config import BitConfig, Budget
+from mixq.errors import MixqError
+from mixq.quant.fold import FoldReport, fold_batchnorm
+from mixq.quant.modules import QUANT_LAYER_TYPES, QuantConv2d, QuantLinear
+from mixq.quant.primitives import FLOAT_BITS
+
+MB = 8 * 2**20  # bits per MiB
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """Static facts about one quantized layer.
+
+    Attributes:
+        name: qualified module name.
+        kind: "conv" or "linear".
+        params: number of weight parameters.
+        bias_params: number of bias parameters (0 if none).
+        weight_shape: weight tensor shape.
+        macs: multiply-accumulates per sample (filled once a forward has run; 0 before).
+    """
+
+    name: str
+    kind: str
+    params: int
+    bias_params: int
+    weight_shape: tuple[int, ...]
+    macs: int = 0
+
+
+def _wrap_layers(model: nn.Module, weight_bits: int, act_bits: int) -> list[str]:
+    names = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QUANT_LAYER_TYPES):
+            raise MixqError(f"layer {name!r} is already quantized: pass the float model")
+        if type(module) is nn.Conv2d:
+            new: nn.Module = QuantConv2d.from_float(module, weight_bits, act_bits)
+        elif type(module) is nn.Linear:
+            new = QuantLinear.from_float(module, weight_bits, act_bits)
+        else:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, new)
+        names.append(name)
+    if not names:
+        raise MixqError("model has no Conv2d or Linear layer to quantize")
+    return names
+
+
+class QuantModel(nn.Module):
+    """A quantization-ready copy of a float model.
+
+    Args:
+        model: float model built from Conv2d / Linear (+ BatchNorm2d); it is deep-copied, not changed.
+        calib: calibration inputs ``(N, C, H, W)`` (already normalised) used to observe activation
+            ranges; may be omitted when ``act_bits == 32`` or given later to
+            :meth:`calibrate_activations`.
+        weight_bits: initial weight bits of every layer (32 = float).
+        act_bits: input bits of every quantized layer (32 = float).
+        fold_bn: fold BatchNorm into the preceding conv (see :mod:`mixq.quant.fold`).
+        batch_size: batch size for the calibration pass.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        calib: torch.Tensor | None = None,
+        weight_bits: int = FLOAT_BITS,
+        act_bits: int = 8,
+        fold_bn: bool = True,
+        batch_size: int = 256,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise MixqError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = copy.deepcopy(model).eval()
+        self.fold_report: FoldReport = fold_batchnorm(self.model) if fold_bn else FoldReport(traced=False)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.layer_names: list[str] = _wrap_layers(self.model, weight_bits, act_bits)
+        self.layers: dict[str, QuantConv2d | QuantLinear] = {
+            n: self.model.get_submodule(n) for n in self.layer_names
+        }
+        self.act_bits = act_bits
+        self._infos = {n: self._layer_info(n, m) for n, m in self.layers.items()}
+        if calib is not None:
+            self.calibrate_activations(calib, batch_size=batch_size)
+
+    # -- static facts ------------------------------------------------------------------------------
+    @staticmethod
+    def _layer_info(name: str, m: nn.Module) -> LayerInfo:
+        return LayerInfo(
+            name=name,
+            kind="conv" if isinstance(m, QuantConv2d) else "linear",
+            params=m.weight.numel(),
+            bias_params=0 if m.bias is None else m.bias.numel(),
+            weight_shape=tuple(m.weight.shape),
+        )
+
+    @property
+    def layer_info(self) -> list[LayerInfo]:
+        """Per-layer static facts, in model order."""
+        return [self._infos[n] for n in self.layer_names]
+
+    @property
+    def layer_params(self) -> list[int]:
+        """Weight parameter count per layer, in model order."""
+        return [self._infos[n].params for n in self.layer_names]
+
+    @property
+    def total_params(self) -> int:
+        """Number of quantized weight parameters."""
+        return sum(self.layer_params)
+
+    # -- bits --------------------------------------------------------------------------------------
+    def _as_config(self, bits: BitConfig | Mapping[str, int] | int) -> BitConfig:
+        if isinstance(bits, int):
+            return BitConfig.uniform(self.layer_names, bits)
+        if isinstance(bits, BitConfig):
+            return bits
+        if isinstance(bits, Mapping):
+            return BitConfig(bits)
+        raise MixqError(f"bits must be an int, a mapping or a BitConfig, got {type(bits).__name__}")
+
+    def set_bits(self, bits: BitConfig | Mapping[str, int] | int) -> None:
+        """Set every layer's weight bits (and activation bits where the config has them), in place.
+
+        Args:
+            bits: a uniform bit-width, a name -> bits mapping, or a :class:`BitConfig` naming every layer.
+        """
+        config = self._as_config(bits)
+        config.validate(self.layer_names)
+        for name, layer in self.layers.items():
+            layer.weight_quantizer.bits = config.weights[name]
+            layer.input_quantizer.bits = config.acts.get(name, self.act_bits)
+
+    def set_bits_tuple(self, bits: tuple[int, ...] | list[int]) -> None:
+        """Fast path for searches: weight bits in ``layer_names`` order, no validation beyond length.
+
+        Args:
+            bits: one bit-width per layer.
+        """
+        if len(bits) != len(self.layer_names):
+            raise MixqError(f"expected {len(self.layer_names)} bit-widths, got {len(bits)}")
+        for layer, b in zip(self.layers.values(), bits):
+            layer.weight_quantizer.bits = int(b)
+
+    def bit_config(self) -> BitConfig:
+        """The configuration currently set.
+
+        Returns:
+            A :class:`BitConfig` with weight bits (and activation bits that differ from the default).
+        """
+        weights = {n: m.weight_quantizer.bits for n, m in self.layers.items()}
+        acts = {n: m.input_quantizer.bits for n, m in self.layers.items()
+                if m.input_quantizer.bits != self.act_bits}
+        return BitConfig(weights, acts)
+
+    # -- size --------------------------------------------------------------------------------------
+    def bit_params(self, bits: BitConfig | Mapping[str, int] | int | None = None) -> int:
+        """Sum of params x weight bits.
+
+        Args:
+            bits: configuration to measure (default: the one currently set).
+
+        Returns:
+            Total weight bits.
+        """
+        config = self.bit_config() if bits is None else self._as_config(bits)
+        config.validate(self.layer_names)
+        return sum(self._infos[n].params * config.weights[n] for n in self.layer_names)
+
+    def size_mb(self, bits: BitConfig | Mapping[str, int] | int | None = None) -> float:
+        """Quantized weight size in MB: sum(params x bits) / 8 / 2^20 (biases not included).
+
+        Args:
+            bits: configuration to measure (default: the one currently set).
+
+        Returns:
+            Size in MB.
+        """
+        return self.bit_params(bits) / MB
+
+    def avg_bits(self, bits: BitConfig | Mapping[str, int] | int | None = None) -> float:
+        """Parameter-weighted average weight bit-width (EvoQ eq. 1).
+
+        Args:
+            bits: configuration to measure (default: the one currently set).
+
+        Returns:
+            Average bits.
+        """
+        return self.bit_params(bits) / self.total_params
+
+    def bias_size_mb(self) -> float:
+        """Size of all biases of quantized layers at 32 bits, in MB."""
+        return sum(i.bias_params for i in self._infos.values()) * 32 / MB
+
+    def fits(self, budget: Budget, bits: BitConfig | Mapping[str, int] | int | None = None) -> bool:
+        """Whether a configuration fits a budget.
+
+        Args:
+            budget: the budget.
+            bits: configuration (default: current).
+
+        Returns:
+            True when within the budget (a tiny tolerance absorbs float rounding).
+        """
+        return self.bit_params(bits) <= budget.max_bit_params(self.total_params) * (1 + 1e-12)
+
+    # -- calibration and modes ---------------------------------------------------------------------
+    @torch.no_grad()
+    def calibrate_activations(self, x: torch.Tensor, batch_size: int = 256) -> None:
+        """Observe each quantized layer's input range (min/max over all of ``x``) in float.
+
+        Args:
+            x: calibration inputs ``(N, C, H, W)``, normalised as the model expects.
+            batch_size: batch size of the observing pass.
+        """
+        _check_input(x)
+        quantizers = [m.input_quantizer for m in self.layers.values()]
+        for q in quantizers:
+            q.reset()
+        with self.float_weights():
+            for q in quantizers:
+                q.observing = True
+            try:
+                for i in range(0, x.shape[0], batch_size):
+                    self.model(x[i:i + batch_size])
+            finally:
+                for q in quantizers:
+                    q.observing = False
+
+    @contextlib.contextmanager
+    def float_weights(self) -> Iterator[None]:
+        """Temporarily run every layer with float weights (activation bits unchanged)."""
+        saved = [m.weight_quantizer.bits for m in self.layers.values()]
+        try:
+            for m in self.layers.values():
+                m.weight_quantizer.bits = FLOAT_BITS
+            yield
+        finally:
+            for m, b in zip(self.layers.values(), saved):
+                m.weight_quantizer.bits = b
+
+    @contextlib.contextmanager
+    def float_mode(self) -> Iterator[None]:
+        """Temporarily run the folded model fully in float (weights and activations)."""
+        saved = [m.input_quantizer.bits for m in self.layers.values()]
+        try:
+            for m in self.layers.values():
+                m.input_quantizer.bits = FLOAT_BITS
+            with self.float_weights():
+                yield
+        finally:
+            for m, b in zip(self.layers.values(), saved):
+                m.input_quantizer.bits = b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the quantized model.
+
+        Args:
+            x: inputs ``(N, C, H, W)``.
+
+        Returns:
+            The model output (logits).
+        """
+        return self.model(x)
+
+
+def _check_input(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] == 0:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise MixqError(f"calibration data must be a non-empty tensor (N, C, H, W), got {shape}")
+    if not x.is_floating_point():
+        raise MixqError(f"calibration data must be float (normalised), got dtype {x.dtype}")

@@ -1,0 +1,200 @@
+"""Quantized layers: Conv2d / Linear subclasses that carry their quantizers as child modules.
+
+``print(model)`` shows each layer's weight and input bits. Weight quantization is cached per
+bit-width, so switching a layer between bit-widths is a dictionary lookup; the cache is invalidated
+automatically when the float weight changes in place (e.g. by an optimizer step).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mixq.errors import MixqError
+from mixq.quant.primitives import FLOAT_BITS, asym_qparams, fake_quantize, quantize_weight
+
+
+class WeightQuantizer(nn.Module):
+    """Per-output-channel min/max asymmetric weight quantizer with a per-bit-width cache.
+
+    Attributes:
+        bits: current bit-width (2..8, or 32 for float).
+    """
+
+    def __init__(self, bits: int = FLOAT_BITS) -> None:
+        super().__init__()
+        self.bits = bits
+        self._cache: dict[int, torch.Tensor] = {}
+        self._cache_key: tuple[int, int] | None = None
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        """Return the (fake-)quantized weight at the current bit-width.
+
+        Args:
+            w: the float weight parameter.
+
+        Returns:
+            Quantized weight; differentiable (straight-through) when gradients are enabled.
+        """
+        if self.bits == FLOAT_BITS:
+            return w
+        if torch.is_grad_enabled() and w.requires_grad:
+            return quantize_weight(w, self.bits)  # calibration: recompute with STE every call
+        key = (w.data_ptr(), w._version)
+        if key != self._cache_key:
+            self._cache.clear()
+            self._cache_key = key
+        q = self._cache.get(self.bits)
+        if q is None:
+            with torch.no_grad():
+                q = quantize_weight(w.detach(), self.bits)
+            self._cache[self.bits] = q
+        return q
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, per_channel=True, symmetric=False"
+
+
+class ActQuantizer(nn.Module):
+    """Per-tensor asymmetric quantizer for a layer's input, with a min/max range.
+
+    The range is observed in float (``observing = True``) over the calibration samples, then frozen
+    into ``scale`` / ``zero_point`` by :meth:`freeze`.
+
+    Attributes:
+        bits: bit-width (2..8, or 32 for float).
+        observing: when True, forward records min/max and returns the input unchanged.
+    """
+
+    def __init__(self, bits: int = 8) -> None:
+        super().__init__()
+        self.bits = bits
+        self.observing = False
+        self.register_buffer("min_val", torch.tensor(float("inf")))
+        self.register_buffer("max_val", torch.tensor(float("-inf")))
+        self._qparams: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def reset(self) -> None:
+        """Forget the observed range."""
+        self.min_val.fill_(float("inf"))
+        self.max_val.fill_(float("-inf"))
+        self._qparams.clear()
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether a range has been observed."""
+        return bool(torch.isfinite(self.min_val)) and bool(torch.isfinite(self.max_val))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Observe or fake-quantize the input.
+
+        Args:
+            x: layer input.
+
+        Returns:
+            ``x`` (observing or float) or its fake-quantized version.
+        """
+        if self.observing:
+            with torch.no_grad():
+                self.min_val.copy_(torch.minimum(self.min_val, x.min()))
+                self.max_val.copy_(torch.maximum(self.max_val, x.max()))
+            self._qparams.clear()
+            return x
+        if self.bits == FLOAT_BITS:
+            return x
+        qp = self._qparams.get(self.bits)
+        if qp is None:
+            if not self.calibrated:
+                raise MixqError(
+                    "activation quantizer has no range: calibrate the model on samples first "
+                    "(QuantModel(..., calib=x) or QuantModel.calibrate_activations(x))"
+                )
+            qp = asym_qparams(self.min_val, self.max_val, self.bits)
+            self._qparams[self.bits] = qp
+        return fake_quantize(x, qp[0], qp[1], self.bits)
+
+    def extra_repr(self) -> str:
+        rng = f", range=[{self.min_val.item():.4g}, {self.max_val.item():.4g}]" if self.calibrated else ""
+        return f"bits={self.bits}, per_tensor=True, symmetric=False{rng}"
+
+
+class QuantMixin:
+    """Adds ``weight_quantizer`` and ``input_quantizer`` children to a Conv2d / Linear subclass."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    weight_quantizer: WeightQuantizer
+    input_quantizer: ActQuantizer
+
+    def _init_quantizers(self, weight_bits: int, act_bits: int) -> None:
+        self.weight_quantizer = WeightQuantizer(weight_bits)
+        self.input_quantizer = ActQuantizer(act_bits)
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The weight as the layer currently uses it.
+
+        Returns:
+            Fake-quantized weight at the current bit-width.
+        """
+        return self.weight_quantizer(self.weight)
+
+
+class QuantConv2d(QuantMixin, nn.Conv2d):
+    """A Conv2d whose weight and input are fake-quantized."""
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, weight_bits: int = FLOAT_BITS, act_bits: int = 8) -> QuantConv2d:
+        """Wrap a float Conv2d (weights are shared, not copied).
+
+        Args:
+            conv: the float layer.
+            weight_bits: initial weight bits.
+            act_bits: input bits.
+
+        Returns:
+            The quantized layer.
+        """
+        q = cls.__new__(cls)
+        nn.Module.__init__(q)
+        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+                     "transposed", "output_padding", "groups", "padding_mode"):
+            setattr(q, attr, getattr(conv, attr))
+        q._reversed_padding_repeated_twice = conv._reversed_padding_repeated_twice
+        q.weight = conv.weight
+        q.bias = conv.bias
+        q._init_quantizers(weight_bits, act_bits)
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C_in, H, W) -> (N, C_out, H', W')
+        return self._conv_forward(self.input_quantizer(x), self.quantized_weight(), self.bias)
+
+
+class QuantLinear(QuantMixin, nn.Linear):
+    """A Linear whose weight and input are fake-quantized."""
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, weight_bits: int = FLOAT_BITS, act_bits: int = 8) -> QuantLinear:
+        """Wrap a float Linear (weights are shared, not copied).
+
+        Args:
+            linear: the float layer.
+            weight_bits: initial weight bits.
+            act_bits: input bits.
+
+        Returns:
+            The quantized layer.
+        """
+        q = cls.__new__(cls)
+        nn.Module.__init__(q)
+        q.in_features, q.out_features = linear.in_features, linear.out_features
+        q.weight = linear.weight
+        q.bias = linear.bias
+        q._init_quantizers(weight_bits, act_bits)
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, *, in) -> (N, *, out)
+        return F.linear(self.input_quantizer(x), self.quantized_weight(), self.bias)
+
+
+QUANT_LAYER_TYPES = (QuantConv2d, QuantLinear)

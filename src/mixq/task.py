@@ -1,0 +1,145 @@
+"""A quantization task: a float model, its normalisation, calibration samples and test split.
+
+This is where the model registry and the data readers meet, so that the CLI and scripts prepare
+every run the same way::
+
+    task = load_task("resnet20-jpeg", samples=50, seed=0)
+    qm = QuantModel(task.model, calib=task.calib)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mixq.data import ImageSet, batches, calibration_set, normalize, test_set
+from mixq.errors import MixqError
+from mixq.evaluate import accuracy
+from mixq.models import create_model, get_model_spec, load_user_model
+
+
+@dataclass
+class Task:
+    """Everything a quantization run needs.
+
+    Attributes:
+        name: model name (registry name or ``package.module:function`` reference).
+        model: the float model, eval mode.
+        dataset: ``"cifar10"`` or ``"imagenet"``.
+        mean: normalisation mean.
+        std: normalisation std.
+        calib: normalised calibration inputs ``(N, 3, H, W)``.
+        calib_set: the calibration images (uint8) with their positions in the split.
+        test: the evaluation images (uint8).
+        seed: calibration sampling seed.
+    """
+
+    name: str
+    model: nn.Module
+    dataset: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    calib: torch.Tensor
+    calib_set: ImageSet
+    test: ImageSet
+    seed: int
+
+    def test_batches(self, batch_size: int = 500) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalised test batches.
+
+        Args:
+            batch_size: images per batch.
+
+        Returns:
+            Iterator of ``(x, y)``.
+        """
+        return batches(self.test, self.mean, self.std, batch_size)
+
+    def top1(self, model: nn.Module, batch_size: int = 500, progress: bool = True, desc: str = "top-1") -> float:
+        """Top-1 (%) of ``model`` on this task's test images.
+
+        Args:
+            model: classifier (float or quantized).
+            batch_size: images per batch.
+            progress: show a progress bar.
+            desc: progress bar label.
+
+        Returns:
+            Top-1 accuracy in percent.
+        """
+        n_batches = -(-len(self.test) // batch_size)
+        return accuracy(model, self.test_batches(batch_size), total=n_batches, progress=progress, desc=desc)
+
+
+def _floats3(values: Sequence[float] | None, what: str) -> tuple[float, float, float] | None:
+    if values is None:
+        return None
+    if len(values) != 3:
+        raise MixqError(f"{what} needs 3 values (one per RGB channel), got {len(values)}")
+    return (float(values[0]), float(values[1]), float(values[2]))
+
+
+def load_task(
+    model: str,
+    samples: int = 50,
+    seed: int = 0,
+    data_root: str | os.PathLike | None = None,
+    model_root: str | os.PathLike | None = None,
+    n_test: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    dataset: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Task:
+    """Load a model, draw its calibration samples and load its test split.
+
+    Args:
+        model: a registry name (``mixq.models.list_models()``) or a ``package.module:function``
+            reference to a function returning an ``nn.Module`` (then ``dataset``, ``mean`` and ``std``
+            say how to feed it; defaults: cifar10 with ImageNet mean/std).
+        samples: number of calibration samples (from the train split; for ImageNet from the sample,
+            excluded from the test images).
+        seed: seed of the calibration draw.
+        data_root: data folder (``--data-root`` / ``$MIXQ_DATA``).
+        model_root: checkpoint folder (``--model-root`` / ``$MIXQ_MODELS``).
+        n_test: evaluate on a class-balanced subset of this many test images (default all).
+        checkpoint: state_dict file for a user model.
+        dataset: dataset of a user model.
+        mean: normalisation mean of a user model (3 floats, pixels in [0, 1]).
+        std: normalisation std of a user model.
+
+    Returns:
+        The :class:`Task`.
+    """
+    if ":" in model:
+        net = load_user_model(model, checkpoint)
+        dataset = dataset or "cifar10"
+        m = _floats3(mean, "--mean") or (0.485, 0.456, 0.406)
+        s = _floats3(std, "--std") or (0.229, 0.224, 0.225)
+    else:
+        if checkpoint is not None:
+            raise MixqError("--checkpoint is for user models (package.module:function); registry models "
+                            "load their own checkpoint from the model root")
+        spec = get_model_spec(model)
+        net = create_model(model, model_root=model_root)
+        dataset = spec.dataset
+        m = _floats3(mean, "--mean") or spec.mean
+        s = _floats3(std, "--std") or spec.std
+    calib_set = calibration_set(dataset, n=samples, seed=seed, data_root=data_root)
+    exclude = calib_set if dataset == "imagenet" else None
+    test = test_set(dataset, data_root=data_root, limit=n_test, exclude=exclude)
+    return Task(
+        name=model,
+        model=net.eval(),
+        dataset=dataset,
+        mean=m,
+        std=s,
+        calib=normalize(calib_set.images, m, s),
+        calib_set=calib_set,
+        test=test,
+        seed=seed,
+    )
