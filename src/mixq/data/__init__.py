@@ -1,0 +1,46 @@
+"""Image data: CIFAR-10 (JPEG) and the ImageNet sample, read straight from their zip archives."""
+
+from mixq.data.datasets import (
+    CIFAR10_CLASSES,
+    CIFAR_MEAN,
+    CIFAR_STD,
+    DEMO_ZIP,
+    HALF_MEAN,
+    HALF_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NORMALIZATIONS,
+    SPLITS,
+    ImageSet,
+    batches,
+    calibration_set,
+    load_split,
+    normalize,
+    split_size,
+    test_set,
+)
+from mixq.data.zipimages import cache_info, clear_cache, decode_members, list_members
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "DEMO_ZIP",
+    "HALF_MEAN",
+    "HALF_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "NORMALIZATIONS",
+    "SPLITS",
+    "ImageSet",
+    "batches",
+    "cache_info",
+    "calibration_set",
+    "clear_cache",
+    "decode_members",
+    "list_members",
+    "load_split",
+    "normalize",
+    "split_size",
+    "test_set",
+]
