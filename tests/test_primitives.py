@@ -6,6 +6,7 @@ import torch
 from mixq.quant.primitives import (
     asym_qparams,
     fake_quantize,
+    fake_quantize_nograd,
     per_channel_minmax,
     qrange,
     quantize_weight,
@@ -67,3 +68,12 @@ def test_quantize_weight_32_is_identity_and_ste_gradient():
     quantize_weight(w, 3).sum().backward()
     # min/max range: nothing is clamped; d/dw = scale * (1 / scale) = 1 up to float rounding
     torch.testing.assert_close(w.grad, torch.ones_like(w), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("bits", BITS, ids=lambda b: f"a{b}")
+def test_nograd_fast_path_is_identical(bits):
+    x = torch.randn(8, 16, 7, 7) * 2 - 0.3
+    scale, zp = asym_qparams(x.min() * 0.8, x.max() * 0.8, bits)  # some values clamp
+    ref = torch.fake_quantize_per_tensor_affine(x, scale, zp, *qrange(bits))
+    fast = fake_quantize_nograd(x, scale, torch.reciprocal(scale), zp.float(), bits)
+    torch.testing.assert_close(fast, ref, atol=0, rtol=0)

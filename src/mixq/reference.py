@@ -20,7 +20,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 def _fold_by_order(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).eval()
     named = list(model.named_modules())
-    for (name_a, a), (name_b, b) in zip(named, named[1:]):
+    for (name_a, a), (name_b, b) in zip(named, named[1:], strict=False):
         if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
             fused = fuse_conv_bn_eval(a, b)
             for nm, new in ((name_a, fused), (name_b, nn.Identity())):

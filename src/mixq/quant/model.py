@@ -163,7 +163,7 @@ class QuantModel(nn.Module):
         """
         if len(bits) != len(self.layer_names):
             raise MixqError(f"expected {len(self.layer_names)} bit-widths, got {len(bits)}")
-        for layer, b in zip(self.layers.values(), bits):
+        for layer, b in zip(self.layers.values(), bits, strict=False):
             layer.weight_quantizer.bits = int(b)
 
     def bit_config(self) -> BitConfig:
@@ -261,7 +261,7 @@ class QuantModel(nn.Module):
                 m.weight_quantizer.bits = FLOAT_BITS
             yield
         finally:
-            for m, b in zip(self.layers.values(), saved):
+            for m, b in zip(self.layers.values(), saved, strict=False):
                 m.weight_quantizer.bits = b
 
     @contextlib.contextmanager
@@ -274,7 +274,7 @@ class QuantModel(nn.Module):
             with self.float_weights():
                 yield
         finally:
-            for m, b in zip(self.layers.values(), saved):
+            for m, b in zip(self.layers.values(), saved, strict=False):
                 m.input_quantizer.bits = b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

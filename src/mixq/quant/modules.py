@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixq.errors import MixqError
-from mixq.quant.primitives import FLOAT_BITS, asym_qparams, fake_quantize, quantize_weight
+from mixq.quant.primitives import (
+    FLOAT_BITS,
+    asym_qparams,
+    fake_quantize,
+    fake_quantize_nograd,
+    quantize_weight,
+)
 
 
 class WeightQuantizer(nn.Module):
@@ -73,7 +79,8 @@ class ActQuantizer(nn.Module):
         self.observing = False
         self.register_buffer("min_val", torch.tensor(float("inf")))
         self.register_buffer("max_val", torch.tensor(float("-inf")))
-        self._qparams: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # bits -> (scale, zero_point int32, 1 / scale, zero_point as float)
+        self._qparams: dict[int, tuple[torch.Tensor, ...]] = {}
 
     def reset(self) -> None:
         """Forget the observed range."""
@@ -110,9 +117,12 @@ class ActQuantizer(nn.Module):
                     "activation quantizer has no range: calibrate the model on samples first "
                     "(QuantModel(..., calib=x) or QuantModel.calibrate_activations(x))"
                 )
-            qp = asym_qparams(self.min_val, self.max_val, self.bits)
+            scale, zp = asym_qparams(self.min_val, self.max_val, self.bits)
+            qp = (scale, zp, torch.reciprocal(scale), zp.float())
             self._qparams[self.bits] = qp
-        return fake_quantize(x, qp[0], qp[1], self.bits)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return fake_quantize(x, qp[0], qp[1], self.bits)  # straight-through gradient
+        return fake_quantize_nograd(x, qp[0], qp[2], qp[3], self.bits)
 
     def extra_repr(self) -> str:
         rng = f", range=[{self.min_val.item():.4g}, {self.max_val.item():.4g}]" if self.calibrated else ""
