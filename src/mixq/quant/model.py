@@ -23,6 +23,7 @@ from mixq.errors import MixqError
 from mixq.quant.fold import FoldReport, fold_batchnorm
 from mixq.quant.modules import QUANT_LAYER_TYPES, QuantConv2d, QuantLinear
 from mixq.quant.primitives import FLOAT_BITS
+from mixq.quant.ranges import get_range_method
 
 MB = 8 * 2**20  # bits per MiB
 
@@ -48,15 +49,15 @@ class LayerInfo:
     macs: int = 0
 
 
-def _wrap_layers(model: nn.Module, weight_bits: int, act_bits: int) -> list[str]:
+def _wrap_layers(model: nn.Module, weight_bits: int, act_bits: int, weight_range: str) -> list[str]:
     names = []
     for name, module in list(model.named_modules()):
         if isinstance(module, QUANT_LAYER_TYPES):
             raise MixqError(f"layer {name!r} is already quantized: pass the float model")
         if type(module) is nn.Conv2d:
-            new: nn.Module = QuantConv2d.from_float(module, weight_bits, act_bits)
+            new: nn.Module = QuantConv2d.from_float(module, weight_bits, act_bits, weight_range)
         elif type(module) is nn.Linear:
-            new = QuantLinear.from_float(module, weight_bits, act_bits)
+            new = QuantLinear.from_float(module, weight_bits, act_bits, weight_range)
         else:
             continue
         parent_name, _, child = name.rpartition(".")
@@ -79,6 +80,8 @@ class QuantModel(nn.Module):
         weight_bits: initial weight bits of every layer (32 = float).
         act_bits: input bits of every quantized layer (32 = float).
         fold_bn: fold BatchNorm into the preceding conv (see :mod:`mixq.quant.fold`).
+        weight_range: per-channel weight range: ``"minmax"`` (default), ``"omse"`` (MSE-optimal
+            clipping) or ``"aciq"`` (analytical Laplace clipping); see :mod:`mixq.quant.ranges`.
         batch_size: batch size for the calibration pass.
     """
 
@@ -89,6 +92,7 @@ class QuantModel(nn.Module):
         weight_bits: int = FLOAT_BITS,
         act_bits: int = 8,
         fold_bn: bool = True,
+        weight_range: str = "minmax",
         batch_size: int = 256,
     ) -> None:
         super().__init__()
@@ -98,7 +102,9 @@ class QuantModel(nn.Module):
         self.fold_report: FoldReport = fold_batchnorm(self.model) if fold_bn else FoldReport(traced=False)
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.layer_names: list[str] = _wrap_layers(self.model, weight_bits, act_bits)
+        get_range_method(weight_range)  # validate before the expensive part
+        self.weight_range = weight_range
+        self.layer_names: list[str] = _wrap_layers(self.model, weight_bits, act_bits, weight_range)
         self.layers: dict[str, QuantConv2d | QuantLinear] = {
             n: self.model.get_submodule(n) for n in self.layer_names
         }

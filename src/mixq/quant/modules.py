@@ -17,20 +17,24 @@ from mixq.quant.primitives import (
     asym_qparams,
     fake_quantize,
     fake_quantize_nograd,
-    quantize_weight,
 )
+from mixq.quant.ranges import get_range_method, quantize_weight_with
 
 
 class WeightQuantizer(nn.Module):
-    """Per-output-channel min/max asymmetric weight quantizer with a per-bit-width cache.
+    """Per-output-channel asymmetric weight quantizer with a per-bit-width cache.
 
     Attributes:
         bits: current bit-width (2..8, or 32 for float).
+        method: per-channel range method (``"minmax"``, ``"omse"``, ``"aciq"``; see
+            :mod:`mixq.quant.ranges`).
     """
 
-    def __init__(self, bits: int = FLOAT_BITS) -> None:
+    def __init__(self, bits: int = FLOAT_BITS, method: str = "minmax") -> None:
         super().__init__()
+        get_range_method(method)  # validates the name
         self.bits = bits
+        self.method = method
         self._cache: dict[int, torch.Tensor] = {}
         self._cache_key: tuple[int, int] | None = None
 
@@ -46,7 +50,7 @@ class WeightQuantizer(nn.Module):
         if self.bits == FLOAT_BITS:
             return w
         if torch.is_grad_enabled() and w.requires_grad:
-            return quantize_weight(w, self.bits)  # calibration: recompute with STE every call
+            return quantize_weight_with(w, self.bits, self.method)  # calibration: STE, every call
         key = (w.data_ptr(), w._version)
         if key != self._cache_key:
             self._cache.clear()
@@ -54,12 +58,12 @@ class WeightQuantizer(nn.Module):
         q = self._cache.get(self.bits)
         if q is None:
             with torch.no_grad():
-                q = quantize_weight(w.detach(), self.bits)
+                q = quantize_weight_with(w.detach(), self.bits, self.method)
             self._cache[self.bits] = q
         return q
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, per_channel=True, symmetric=False"
+        return f"bits={self.bits}, per_channel=True, symmetric=False, range={self.method}"
 
 
 class ActQuantizer(nn.Module):
@@ -137,8 +141,8 @@ class QuantMixin:
     weight_quantizer: WeightQuantizer
     input_quantizer: ActQuantizer
 
-    def _init_quantizers(self, weight_bits: int, act_bits: int) -> None:
-        self.weight_quantizer = WeightQuantizer(weight_bits)
+    def _init_quantizers(self, weight_bits: int, act_bits: int, weight_range: str = "minmax") -> None:
+        self.weight_quantizer = WeightQuantizer(weight_bits, weight_range)
         self.input_quantizer = ActQuantizer(act_bits)
 
     def quantized_weight(self) -> torch.Tensor:
@@ -154,13 +158,15 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
     """A Conv2d whose weight and input are fake-quantized."""
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, weight_bits: int = FLOAT_BITS, act_bits: int = 8) -> QuantConv2d:
+    def from_float(cls, conv: nn.Conv2d, weight_bits: int = FLOAT_BITS, act_bits: int = 8, weight_range: str = "minmax"
+    ) -> QuantConv2d:
         """Wrap a float Conv2d (weights are shared, not copied).
 
         Args:
             conv: the float layer.
             weight_bits: initial weight bits.
             act_bits: input bits.
+            weight_range: per-channel weight range method.
 
         Returns:
             The quantized layer.
@@ -173,7 +179,7 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
         q._reversed_padding_repeated_twice = conv._reversed_padding_repeated_twice
         q.weight = conv.weight
         q.bias = conv.bias
-        q._init_quantizers(weight_bits, act_bits)
+        q._init_quantizers(weight_bits, act_bits, weight_range)
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C_in, H, W) -> (N, C_out, H', W')
@@ -184,13 +190,15 @@ class QuantLinear(QuantMixin, nn.Linear):
     """A Linear whose weight and input are fake-quantized."""
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, weight_bits: int = FLOAT_BITS, act_bits: int = 8) -> QuantLinear:
+    def from_float(cls, linear: nn.Linear, weight_bits: int = FLOAT_BITS, act_bits: int = 8, weight_range: str = "minmax"
+    ) -> QuantLinear:
         """Wrap a float Linear (weights are shared, not copied).
 
         Args:
             linear: the float layer.
             weight_bits: initial weight bits.
             act_bits: input bits.
+            weight_range: per-channel weight range method.
 
         Returns:
             The quantized layer.
@@ -200,7 +208,7 @@ class QuantLinear(QuantMixin, nn.Linear):
         q.in_features, q.out_features = linear.in_features, linear.out_features
         q.weight = linear.weight
         q.bias = linear.bias
-        q._init_quantizers(weight_bits, act_bits)
+        q._init_quantizers(weight_bits, act_bits, weight_range)
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, *, in) -> (N, *, out)

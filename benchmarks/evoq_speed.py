@@ -1,0 +1,79 @@
+"""EvoQ speed, as ratios measured in one run on this machine.
+
+Prints: one fitness evaluation (quantized forward + MSE on the N calibration samples) / one plain FP32
+forward of the original model on the same samples; the time of a full T-iteration search; and the
+fraction of children answered from the fitness cache.
+
+    python benchmarks/evoq_speed.py [--model resnet20-jpeg] [--iterations 1000] [--repeats 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from mixq.config import Budget
+from mixq.evaluate import predict
+from mixq.provenance import versions
+from mixq.quant.model import QuantModel
+from mixq.search.evoq import EvoQConfig, FitnessEvaluator, evoq_search
+from mixq.sensitivity import compute_sensitivity
+from mixq.task import load_task
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="resnet20-jpeg")
+    ap.add_argument("--samples", type=int, default=50)
+    ap.add_argument("--iterations", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--target-bits", type=float, default=3.0)
+    args = ap.parse_args()
+    task = load_task(args.model, samples=args.samples, n_test=10)
+    x = task.calib
+    qm = QuantModel(task.model, calib=x)
+    ref = predict(task.model, x)
+    fitness = FitnessEvaluator(qm, x, ref)
+    rng = np.random.default_rng(0)
+    genomes = [tuple(int(b) for b in rng.integers(2, 9, len(qm.layer_names))) for _ in range(8)]
+    for g in genomes:  # fill the per-bit weight caches, as a running search has
+        fitness(g)
+    with torch.no_grad():
+        t_plain = _median_time(lambda: task.model(x), args.repeats)
+    it = iter(range(10**9))
+    t_fit = _median_time(lambda: fitness(genomes[next(it) % len(genomes)]), args.repeats)
+    t0 = time.perf_counter()
+    table = compute_sensitivity(qm, x, progress=False)
+    t_sens = time.perf_counter() - t0
+    res = evoq_search(qm, x, ref, Budget(avg_bits=args.target_bits), EvoQConfig(iterations=args.iterations),
+                      table, progress=False)
+    out = {
+        "model": args.model, "samples": args.samples, "threads": torch.get_num_threads(),
+        "plain_forward_ms": 1e3 * t_plain, "fitness_eval_ms": 1e3 * t_fit, "ratio": t_fit / t_plain,
+        "sensitivity_s": t_sens, "search_s": res.seconds, "iterations": res.iterations,
+        "evaluations": res.evaluations, "versions": versions(),
+    }
+    print(f"fitness eval / plain FP32 forward ({args.samples} samples) = {t_fit / t_plain:.2f}x "
+          f"({1e3 * t_fit:.1f} ms vs {1e3 * t_plain:.1f} ms)")
+    print(f"sensitivity table: {t_sens:.1f} s; {args.iterations}-iteration search: {res.seconds:.1f} s "
+          f"= {res.seconds / t_plain:.0f} plain forwards; {res.evaluations} evaluations "
+          f"({1 - res.evaluations / (res.iterations + 16):.0%} of individuals from the cache)")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

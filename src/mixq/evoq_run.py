@@ -1,0 +1,158 @@
+"""End-to-end EvoQ run: sensitivity -> search -> feature calibration -> evaluation -> artefacts.
+
+This is what ``mixq evoq`` calls; scripts and notebooks can call :func:`run_evoq` directly.
+Artefacts in the output folder: ``config.json`` (the BitConfig), ``result.json``, ``report.md``,
+``fitness.png``, ``bits.png``, ``sensitivity.png``, ``sensitivity.json/.csv`` and
+``search_state.json`` (the resumable search checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from mixq.config import Budget
+from mixq.errors import MixqError
+from mixq.evaluate import predict
+from mixq.provenance import versions
+from mixq.quant.model import QuantModel
+from mixq.report import evoq_report, plot_bits, plot_fitness, plot_sensitivity
+from mixq.search.evoq import EvoQConfig, EvoQResult, evoq_search
+from mixq.sensitivity import SensitivityTable, compute_sensitivity
+from mixq.task import Task
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options of an end-to-end run beside the search settings.
+
+    Attributes:
+        budget: size budget.
+        act_bits: activation bits.
+        weight_range: weight range method (``"minmax"``, ``"omse"``, ``"aciq"``).
+        calibrate: run feature calibration after the search.
+        evaluate_uniform: also evaluate the uniform baseline at floor(target bits).
+        progress: show progress bars.
+    """
+
+    budget: Budget
+    act_bits: int = 8
+    weight_range: str = "minmax"
+    calibrate: bool = True
+    evaluate_uniform: bool = True
+    progress: bool = True
+
+
+def _sensitivity(qm: QuantModel, x: torch.Tensor, out: Path, progress: bool) -> SensitivityTable:
+    path = out / "sensitivity.json"
+    if path.exists():
+        try:
+            table = SensitivityTable.from_dict(json.loads(path.read_text()), source=str(path))
+            if list(table.layers) == qm.layer_names:
+                return table
+        except (json.JSONDecodeError, MixqError):
+            pass  # recompute a stale or damaged cache
+    table = compute_sensitivity(qm, x, progress=progress)
+    table.save(out)
+    return table
+
+
+def run_evoq(task: Task, options: RunOptions, config: EvoQConfig, out: str | os.PathLike) -> dict:
+    """Run EvoQ end to end on a task and write every artefact.
+
+    Args:
+        task: model, calibration samples and test split.
+        options: budget, quantizer and run options.
+        config: search settings.
+        out: output folder (created; an existing ``search_state.json`` there resumes the search).
+
+    Returns:
+        The ``result.json`` dict.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    qm = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits, weight_range=options.weight_range)
+    space_floor = qm.total_params * config.min_bits
+    if space_floor > options.budget.max_bit_params(qm.total_params) * (1 + 1e-12):
+        raise MixqError(
+            f"budget is infeasible: {config.min_bits} bits everywhere already needs {qm.size_mb(config.min_bits):.4f} "
+            f"MB ({config.min_bits}.0 average bits)"
+        )
+    reference = predict(task.model, task.calib)  # float logits (N, K)
+    table = _sensitivity(qm, task.calib, out, options.progress)
+    result: EvoQResult = evoq_search(
+        qm, task.calib, reference, options.budget, config, sensitivity=table,
+        checkpoint=out / "search_state.json", progress=options.progress,
+    )
+    result.config.save(out / "config.json")
+    fp32 = task.top1(task.model, progress=options.progress, desc="fp32")
+    search_top1 = task.top1(qm, progress=options.progress, desc="searched")
+    target = options.budget.max_bit_params(qm.total_params) / qm.total_params
+    uniform_bits = max(config.min_bits, min(config.max_bits, math.floor(target + 1e-9)))
+    record = {
+        "model": task.name,
+        "dataset": task.dataset,
+        "calib_split": "train" if task.dataset == "cifar10" else "sample",
+        "test_split": "test" if task.dataset == "cifar10" else "sample minus calibration images",
+        "budget": (f"avg bits <= {options.budget.avg_bits}" if options.budget.avg_bits is not None else "")
+        + (" and " if options.budget.avg_bits is not None and options.budget.size_mb is not None else "")
+        + (f"size <= {options.budget.size_mb} MB" if options.budget.size_mb is not None else ""),
+        "target_bits": options.budget.avg_bits,
+        "target_size_mb": options.budget.size_mb,
+        "act_bits": options.act_bits,
+        "weight_range": options.weight_range,
+        "mutation": config.mutation,
+        "fp32_top1": fp32,
+        "fp32_size_mb": qm.size_mb(32),
+        "search_top1": search_top1,
+        "avg_bits": result.avg_bits,
+        "size_mb": result.size_mb,
+        "fitness": result.fitness,
+        "initial_fitness": result.best_history[0],
+        "search_seconds": result.seconds,
+        "iterations": result.iterations,
+        "evaluations": result.evaluations,
+        "seed": config.seed,
+        "samples": int(task.calib.shape[0]),
+        "n_test": len(task.test),
+        "uniform_bits": uniform_bits,
+        "settings": asdict(config),
+        "layers": qm.layer_names,
+        "bits": list(result.config.weights.values()),
+        "params": qm.layer_params,
+        "best_history": result.best_history,
+        "mean_history": result.mean_history,
+        "versions": versions(),
+    }
+    if options.evaluate_uniform:
+        qm.set_bits(uniform_bits)
+        record["uniform_top1"] = task.top1(qm, progress=options.progress, desc=f"uniform {uniform_bits}")
+        record["uniform_size_mb"] = qm.size_mb()
+        qm.set_bits(result.config)
+    if options.calibrate:
+        from mixq.calibrate import CalibrationConfig, calibrate
+
+        ccfg = CalibrationConfig(seed=config.seed)
+        cal = calibrate(qm, task.calib, ccfg, progress=options.progress)
+        record["quant_top1"] = task.top1(qm, progress=options.progress, desc="calibrated")
+        record["calibration"] = {**asdict(ccfg), "seconds": cal.seconds, "loss_initial": cal.initial_loss,
+                                 "loss_final": cal.final_loss}
+        torch.save(qm.model.state_dict(), out / "calibrated_state_dict.pt")
+    else:
+        record["quant_top1"] = search_top1
+    record["total_seconds"] = time.perf_counter() - t_start
+    (out / "result.json").write_text(json.dumps(record, indent=1))
+    plot_fitness({f"{config.mutation} mutation": result.best_history}, out / "fitness.png",
+                 title=f"EvoQ on {task.name}")
+    plot_bits(qm.layer_names, record["bits"], qm.layer_params, out / "bits.png",
+              title=f"{task.name}: {result.avg_bits:.3f} avg bits, {result.size_mb:.4f} MB")
+    plot_sensitivity(table, out / "sensitivity.png", title=f"{task.name}: log10 output MSE, one layer quantized")
+    evoq_report(record, out / "report.md")
+    return record

@@ -1,0 +1,357 @@
+"""EvoQ: evolutionary search of per-layer weight bit-widths under a size budget.
+
+Genome: one weight bit-width per quantized layer, in ``QuantModel.layer_names`` order. Fitness (eq. 3):
+MSE between the quantized model's and the float model's logits on the N calibration samples. Every
+individual satisfies the budget (eq. 1, or a size in MB): mutation is followed by a repair that lowers
+bits until the configuration fits.
+
+Sensitivity-guided mutation (``mutation="guided"``): each layer mutates with probability ``p``; its
+direction comes from the sensitivity table ``S[j, b]`` (:mod:`mixq.sensitivity`). The layer's marginal
+sensitivity density at its current bit-width, ``(S[j, b-1] - S[j, b+1]) / (2 params_j)`` (one-sided at
+the ends), is ranked against the other layers' (percentile ``q_j``): the layer moves up one bit with
+probability ``0.1 + 0.8 q_j`` and down otherwise, so layers that are sensitive at their current width
+tend to gain bits and insensitive ones to give them up (the paper's rule, made concrete). The repair
+also uses the table: it lowers the layer whose next bit down costs the least MSE per saved bit-param.
+``mutation="random"`` (the ablation) moves each mutated layer up or down with equal probability and
+repairs by lowering randomly chosen layers (chosen with probability proportional to their size).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mixq.config import BitConfig, Budget
+from mixq.errors import MixqError
+from mixq.evaluate import output_mse
+from mixq.quant.model import QuantModel
+from mixq.search.evolution import EvolutionConfig, EvolutionState, Genome, TournamentEvolution
+from mixq.sensitivity import SensitivityTable
+
+MUTATIONS = ("guided", "random")
+
+
+@dataclass(frozen=True)
+class EvoQConfig:
+    """EvoQ search settings (defaults from the paper).
+
+    Attributes:
+        population: population size P.
+        sample: tournament sample size S.
+        iterations: children T.
+        mutation_prob: per-layer mutation probability p.
+        min_bits: lowest weight bit-width.
+        max_bits: highest weight bit-width.
+        mutation: ``"guided"`` (sensitivity) or ``"random"``.
+        seed: random seed.
+    """
+
+    population: int = 16
+    sample: int = 8
+    iterations: int = 1000
+    mutation_prob: float = 0.1
+    min_bits: int = 2
+    max_bits: int = 8
+    mutation: str = "guided"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        EvolutionConfig(self.population, self.sample, self.iterations, self.seed)  # validates those
+        if not 0 < self.mutation_prob <= 1:
+            raise MixqError(f"mutation probability must be in (0, 1], got {self.mutation_prob}")
+        if not 2 <= self.min_bits <= self.max_bits <= 8:
+            raise MixqError(f"bit range must satisfy 2 <= min <= max <= 8, got {self.min_bits}..{self.max_bits}")
+        if self.mutation not in MUTATIONS:
+            raise MixqError(f"mutation must be one of {MUTATIONS}, got {self.mutation!r}")
+
+    def evolution(self) -> EvolutionConfig:
+        """The generic tournament settings."""
+        return EvolutionConfig(self.population, self.sample, self.iterations, self.seed)
+
+
+class BitSpace:
+    """Budget-feasible bit genomes: mutation and repair.
+
+    Args:
+        params: weight parameters per layer.
+        budget: the size budget.
+        config: search settings.
+        sensitivity: table for guided mutation and repair (required for ``"guided"``).
+    """
+
+    def __init__(
+        self,
+        params: list[int],
+        budget: Budget,
+        config: EvoQConfig,
+        sensitivity: SensitivityTable | None = None,
+    ) -> None:
+        self.params = np.asarray(params, dtype=np.float64)
+        self.config = config
+        self.limit = budget.max_bit_params(int(self.params.sum()))
+        self.lo, self.hi = config.min_bits, config.max_bits
+        floor = float(self.params.sum() * self.lo)
+        if floor > self.limit * (1 + 1e-12):
+            raise MixqError(
+                f"budget is infeasible: even {self.lo} bits everywhere needs "
+                f"{floor / self.params.sum():.3f} average bits ({floor / 8 / 2**20:.4f} MB), above the budget "
+                f"of {self.limit / self.params.sum():.3f} average bits ({self.limit / 8 / 2**20:.4f} MB)"
+            )
+        if config.mutation == "guided":
+            if sensitivity is None:
+                raise MixqError("guided mutation needs a sensitivity table")
+            if len(sensitivity.layers) != len(params):
+                raise MixqError("sensitivity table does not match the model's layers")
+        self.table = sensitivity
+        if sensitivity is not None:
+            # S[j, b] for every b in lo..hi (log-interpolated if the table lacks a width)
+            cols = np.arange(self.lo, self.hi + 1)
+            known = np.array(sensitivity.bits, dtype=np.float64)
+            logs = np.log(np.maximum(sensitivity.mse, 1e-30))
+            self.S = np.exp(np.stack([np.interp(cols, known, row) for row in logs]))  # (L, hi-lo+1)
+
+    # -- budget ------------------------------------------------------------------------------------
+    def cost(self, genome: Genome) -> float:
+        """Sum of params x bits."""
+        return float(np.dot(self.params, genome))
+
+    def feasible(self, genome: Genome) -> bool:
+        """Whether the genome fits the budget and the bit range."""
+        g = np.asarray(genome)
+        return bool(g.min() >= self.lo and g.max() <= self.hi and self.cost(genome) <= self.limit * (1 + 1e-12))
+
+    def _s(self, j: int, b: int) -> float:
+        return float(self.S[j, b - self.lo])
+
+    def repair(self, genome: Genome, rng: np.random.Generator) -> Genome:
+        """Lower bits until the genome fits the budget (never leaves it over budget).
+
+        Args:
+            genome: a genome, possibly over budget.
+            rng: random generator (random-mode repair).
+
+        Returns:
+            A feasible genome.
+        """
+        g = np.clip(np.asarray(genome, dtype=np.int64), self.lo, self.hi)
+        cost = float(np.dot(self.params, g))
+        while cost > self.limit * (1 + 1e-12):
+            movable = np.flatnonzero(g > self.lo)
+            if self.config.mutation == "guided":
+                # MSE increase per saved bit-param when going one bit down
+                price = np.array([(self._s(j, g[j] - 1) - self._s(j, g[j])) / self.params[j] for j in movable])
+                j = movable[int(np.argmin(price))]
+            else:
+                w = self.params[movable]
+                j = movable[int(rng.choice(len(movable), p=w / w.sum()))]
+            g[j] -= 1
+            cost -= self.params[j]
+        return tuple(int(b) for b in g)
+
+    # -- mutation ----------------------------------------------------------------------------------
+    def up_probability(self, genome: Genome) -> np.ndarray:
+        """Per-layer probability that a mutation moves the layer up (guided mode).
+
+        Args:
+            genome: current bits.
+
+        Returns:
+            Array of probabilities in [0, 1] (0 at max bits, 1 at min bits).
+        """
+        g = np.asarray(genome)
+        n = len(g)
+        if self.config.mutation == "random":
+            p = np.full(n, 0.5)
+        else:
+            dens = np.empty(n)
+            for j, b in enumerate(g):
+                up, down = min(b + 1, self.hi), max(b - 1, self.lo)
+                dens[j] = (self._s(j, down) - self._s(j, up)) / (max(up - down, 1) * self.params[j])
+            order = np.argsort(np.argsort(np.log(np.maximum(dens, 1e-30)), kind="stable"), kind="stable")
+            q = order / max(n - 1, 1)
+            p = 0.1 + 0.8 * q
+        p = np.where(g >= self.hi, 0.0, p)
+        return np.where(g <= self.lo, 1.0, p)
+
+    def mutate(self, genome: Genome, rng: np.random.Generator) -> Genome:
+        """Mutate each layer with probability p (at least one layer), then repair.
+
+        Args:
+            genome: parent.
+            rng: random generator.
+
+        Returns:
+            A feasible child.
+        """
+        g = np.asarray(genome, dtype=np.int64).copy()
+        mask = rng.random(len(g)) < self.config.mutation_prob
+        if not mask.any():
+            mask[int(rng.integers(len(g)))] = True
+        up = rng.random(len(g)) < self.up_probability(genome)
+        g[mask] += np.where(up[mask], 1, -1)
+        return self.repair(tuple(int(b) for b in g), rng)
+
+    def initial(self, target_bits: int, rng: np.random.Generator, size: int) -> list[Genome]:
+        """The uniform policy (repaired if needed) and random perturbations of it.
+
+        Args:
+            target_bits: the uniform bit-width to start from.
+            rng: random generator.
+            size: population size.
+
+        Returns:
+            ``size`` feasible genomes (the first is the uniform one).
+        """
+        base = self.repair(tuple([int(np.clip(target_bits, self.lo, self.hi))] * len(self.params)), rng)
+        out = [base]
+        while len(out) < size:
+            g = np.asarray(base).copy()
+            mask = rng.random(len(g)) < max(self.config.mutation_prob, 0.2)
+            g[mask] += rng.choice([-1, 1], size=int(mask.sum()))
+            out.append(self.repair(tuple(int(b) for b in np.clip(g, self.lo, self.hi)), rng))
+        return out
+
+
+@dataclass
+class EvoQResult:
+    """Outcome of a search.
+
+    Attributes:
+        config: best bit configuration.
+        fitness: its output MSE on the calibration samples.
+        avg_bits: its parameter-weighted average bits.
+        size_mb: its weight size.
+        best_history: best fitness after each iteration (index 0: initial population).
+        mean_history: population mean fitness after each iteration.
+        evaluations: fitness evaluations performed.
+        iterations: children produced.
+        seconds: search wall time (this process; resumed runs add up).
+        settings: the EvoQConfig as a dict.
+    """
+
+    config: BitConfig
+    fitness: float
+    avg_bits: float
+    size_mb: float
+    best_history: list[float]
+    mean_history: list[float]
+    evaluations: int
+    iterations: int
+    seconds: float
+    settings: dict = field(default_factory=dict)
+
+
+class FitnessEvaluator:
+    """EvoQ eq. 3: output MSE of a bit genome against the float model on fixed samples.
+
+    Args:
+        qm: quantized model.
+        x: calibration inputs ``(N, C, H, W)``.
+        reference: float model logits on ``x`` ``(N, K)``.
+    """
+
+    def __init__(self, qm: QuantModel, x: torch.Tensor, reference: torch.Tensor) -> None:
+        self.qm, self.x, self.reference = qm, x, reference
+
+    @torch.no_grad()
+    def __call__(self, genome: Genome) -> float:
+        self.qm.set_bits_tuple(genome)
+        return output_mse(self.qm(self.x), self.reference)
+
+
+def evoq_search(
+    qm: QuantModel,
+    x: torch.Tensor,
+    reference: torch.Tensor,
+    budget: Budget,
+    config: EvoQConfig = EvoQConfig(),
+    sensitivity: SensitivityTable | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 50,
+    progress: bool = True,
+) -> EvoQResult:
+    """Run EvoQ's tournament search (Alg. 1).
+
+    Args:
+        qm: quantized model (left set to the best configuration on return).
+        x: calibration inputs ``(N, C, H, W)``.
+        reference: float model logits on ``x``.
+        budget: size budget.
+        config: search settings.
+        sensitivity: per-layer table (required for guided mutation).
+        checkpoint: JSON file to save the search state to every ``checkpoint_every`` iterations; if it
+            exists and matches this search, the search resumes from it.
+        checkpoint_every: iterations between checkpoints.
+        progress: show a progress bar with the best fitness.
+
+    Returns:
+        The :class:`EvoQResult`.
+    """
+    space = BitSpace(qm.layer_params, budget, config, sensitivity)
+    target = budget.max_bit_params(qm.total_params) / qm.total_params
+    evaluate = FitnessEvaluator(qm, x, reference)
+    # a checkpoint resumes the same search; more iterations may be asked for (extends the run)
+    settings = {k: v for k, v in asdict(config).items() if k != "iterations"}
+    signature = {"layers": qm.layer_names, "settings": settings, "limit": space.limit}
+    state, elapsed = None, 0.0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.exists():
+        try:
+            saved = json.loads(ckpt.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise MixqError(f"search checkpoint {str(ckpt)!r} is unreadable: {exc}") from None
+        if saved.get("signature") != json.loads(json.dumps(signature)):
+            raise MixqError(f"search checkpoint {str(ckpt)!r} belongs to a different search; remove it or "
+                            f"use another output folder")
+        state, elapsed = EvolutionState.from_dict(saved["state"]), float(saved.get("seconds", 0.0))
+
+    def save(search: TournamentEvolution, seconds: float) -> None:
+        if ckpt is None:
+            return
+        tmp = ckpt.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"signature": signature, "state": search.state.to_dict(), "seconds": seconds}))
+        os.replace(tmp, ckpt)
+
+    t0 = time.perf_counter()
+    search = TournamentEvolution(
+        config.evolution(),
+        evaluate,
+        space.mutate,
+        lambda rng: space.initial(math.floor(target + 1e-9), rng, config.population),
+        state=state,
+    )
+    bar = tqdm(total=config.iterations, initial=search.state.iteration, desc="evoq", disable=not progress)
+    while not search.done:
+        search.step()
+        bar.update()
+        if search.state.iteration % 10 == 0:
+            bar.set_postfix(best_mse=f"{search.state.best[1]:.5f}", evals=search.state.evaluations)
+        if search.state.iteration % checkpoint_every == 0:
+            save(search, elapsed + time.perf_counter() - t0)
+    bar.close()
+    seconds = elapsed + time.perf_counter() - t0
+    save(search, seconds)
+    best, fit = search.state.best
+    assert space.feasible(best), "search produced an over-budget configuration"
+    qm.set_bits_tuple(best)
+    cfg = BitConfig(dict(zip(qm.layer_names, best)))
+    return EvoQResult(
+        config=cfg,
+        fitness=fit,
+        avg_bits=qm.avg_bits(cfg),
+        size_mb=qm.size_mb(cfg),
+        best_history=list(search.state.best_history),
+        mean_history=list(search.state.mean_history),
+        evaluations=search.state.evaluations,
+        iterations=search.state.iteration,
+        seconds=seconds,
+        settings=asdict(config),
+    )

@@ -1,0 +1,141 @@
+"""Per-layer, per-bit quantization sensitivity (EvoQ eq. 4).
+
+``S[j, b]`` is the output MSE on the N calibration samples when only layer ``j``'s weights are quantized
+to ``b`` bits and every other layer's weights stay in float. The reference output is the same model
+with all weights in float and the activations quantized as configured, so the table isolates the weight
+error of layer ``j`` (with 8-bit activations the activation error is common to every configuration).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mixq.errors import MixqError
+from mixq.evaluate import output_mse, predict
+from mixq.quant.model import QuantModel
+from mixq.quant.primitives import FLOAT_BITS
+
+
+@dataclass(frozen=True)
+class SensitivityTable:
+    """Output MSE per (layer, bit-width).
+
+    Attributes:
+        layers: layer names, in model order.
+        bits: bit-widths of the columns, ascending.
+        mse: array ``(len(layers), len(bits))``.
+        params: weight parameters per layer.
+    """
+
+    layers: tuple[str, ...]
+    bits: tuple[int, ...]
+    mse: np.ndarray
+    params: tuple[int, ...]
+
+    def value(self, layer_index: int, bits: int) -> float:
+        """MSE of one layer at one bit-width.
+
+        Args:
+            layer_index: position in ``layers``.
+            bits: a bit-width in ``bits``.
+
+        Returns:
+            The MSE.
+        """
+        return float(self.mse[layer_index, self.bits.index(bits)])
+
+    def to_dict(self) -> dict:
+        """JSON form: ``{"bits": [...], "layers": {name: {"params": n, "mse": [...]}}}``."""
+        return {
+            "bits": list(self.bits),
+            "layers": {n: {"params": p, "mse": [float(v) for v in row]}
+                       for n, p, row in zip(self.layers, self.params, self.mse)},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "sensitivity table") -> SensitivityTable:
+        """Parse :meth:`to_dict` output.
+
+        Args:
+            data: parsed JSON.
+            source: name for error messages.
+
+        Returns:
+            The table.
+        """
+        try:
+            layers = tuple(data["layers"])
+            return cls(
+                layers=layers,
+                bits=tuple(int(b) for b in data["bits"]),
+                mse=np.array([data["layers"][n]["mse"] for n in layers], dtype=np.float64),
+                params=tuple(int(data["layers"][n]["params"]) for n in layers),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MixqError(f"{source} is not a mixq sensitivity table: {exc}") from None
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write ``sensitivity.json`` and ``sensitivity.csv`` (one row per layer) into a folder.
+
+        Args:
+            directory: output folder (created if missing).
+        """
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "sensitivity.json").write_text(json.dumps(self.to_dict(), indent=1))
+        with open(d / "sensitivity.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["layer", "params", *[f"mse_w{b}" for b in self.bits]])
+            for n, p, row in zip(self.layers, self.params, self.mse):
+                w.writerow([n, p, *[f"{v:.6g}" for v in row]])
+
+
+@torch.no_grad()
+def compute_sensitivity(
+    qm: QuantModel,
+    x: torch.Tensor,
+    bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8),
+    batch_size: int = 256,
+    progress: bool = True,
+) -> SensitivityTable:
+    """Measure EvoQ's per-layer sensitivity table.
+
+    Args:
+        qm: the quantized model (its current bit configuration is restored afterwards).
+        x: calibration inputs ``(N, C, H, W)``.
+        bits: bit-widths to measure.
+        batch_size: forward batch size.
+        progress: show a progress bar.
+
+    Returns:
+        The :class:`SensitivityTable`.
+    """
+    if not bits or any(b == FLOAT_BITS for b in bits):
+        raise MixqError(f"sensitivity bit-widths must be quantized bit-widths, got {bits}")
+    bits = tuple(sorted(set(bits)))
+    saved = qm.bit_config()
+    names = qm.layer_names
+    mse = np.zeros((len(names), len(bits)))
+    try:
+        qm.set_bits(FLOAT_BITS)
+        ref = predict(qm, x, batch_size)
+        bar = tqdm(total=len(names) * len(bits), desc="sensitivity", disable=not progress, leave=False)
+        for j, name in enumerate(names):
+            layer = qm.layers[name]
+            for k, b in enumerate(bits):
+                layer.weight_quantizer.bits = b
+                mse[j, k] = output_mse(predict(qm, x, batch_size), ref)
+                bar.update()
+            layer.weight_quantizer.bits = FLOAT_BITS
+        bar.close()
+    finally:
+        qm.set_bits(saved)
+    return SensitivityTable(tuple(names), bits, mse, tuple(qm.layer_params))

@@ -1,0 +1,43 @@
+"""`mixq evoq` end to end on the embedded demo: artefacts, resume, bad input."""
+
+import json
+
+import pytest
+
+import mixq.paths as paths
+from mixq.cli import main
+
+
+@pytest.fixture
+def demo_only(monkeypatch, tmp_path):
+    monkeypatch.setattr(paths, "_shared_candidates", lambda: [])
+    monkeypatch.delenv("MIXQ_DATA", raising=False)
+    monkeypatch.delenv("MIXQ_MODELS", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_evoq_writes_artefacts(demo_only, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["evoq", "--iterations", "15", "--samples", "16", "--n-test", "100", "--no-calibrate",
+            "--no-progress", "--out", str(out), "--target-bits", "3.5"]
+    assert main(argv) == 0
+    for name in ("config.json", "result.json", "report.md", "fitness.png", "bits.png", "sensitivity.png",
+                 "sensitivity.json", "sensitivity.csv", "search_state.json"):
+        assert (out / name).exists(), name
+    r = json.loads((out / "result.json").read_text())
+    for key in ("model", "fp32_top1", "search_top1", "quant_top1", "avg_bits", "size_mb", "search_seconds",
+                "seed", "samples", "versions"):
+        assert key in r
+    assert r["avg_bits"] <= 3.5 and len(r["best_history"]) == 16
+    cfg = json.loads((out / "config.json").read_text())
+    assert list(cfg) == r["layers"] and list(cfg.values()) == r["bits"]
+    assert "EvoQ search" in capsys.readouterr().out
+    # running again resumes the finished search instead of searching anew
+    assert main(argv) == 0
+    assert json.loads((out / "result.json").read_text())["bits"] == r["bits"]
+
+
+def test_evoq_bad_budget(demo_only, capsys):
+    assert main(["evoq", "--target-bits", "1.5", "--no-progress", "--iterations", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mixq: error:") and "infeasible" in err
