@@ -1,0 +1,474 @@
+"""Integer-linear-programming bit allocation (HAWQ-V3 / EMQ style).
+
+Every layer ``l`` picks exactly one candidate bit-width ``bits[k]``; the choice is a binary variable
+``x[l, k]``. The ILP is::
+
+    minimise    sum_{l,k} cost[l, k] * x[l, k]
+    subject to  sum_k x[l, k] = 1                                    for every layer l
+                sum_{l,k} params[l] * bits[k] * x[l, k]  <= budget_bits_params     (model size)
+                sum_{l,k} macs[l] * bits[k] * act_bits * x[l, k] <= max_bitops     (optional)
+                x[l, k] = 1 for the choice of every pinned ("fixed") layer
+
+and is solved exactly with ``scipy.optimize.milp`` (HiGHS branch and bound). ``cost`` is any per-layer
+additive proxy of the accuracy loss, lower is better: a sensitivity table (output MSE of quantizing only
+that layer), a Hessian-trace x quantization-noise product, ...
+
+BitOps (HAWQ-V3): the number of bit operations of one forward pass of one sample,
+``sum_l MACs_l * w_bits_l * a_bits_l``, where ``MACs_l`` counts the multiply-accumulates of layer ``l``
+per sample, ``w_bits_l`` its weight bits and ``a_bits_l`` its input (activation) bits. A uniform 8/8
+model has ``64 x MACs`` BitOps.
+
+    cfg = allocate_config(qm, table.value, Budget(avg_bits=4), fixed={"conv1": 8, "fc": 8})
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import sparse
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from mixq.config import BitConfig, Budget
+from mixq.errors import MixqError
+from mixq.quant.model import QuantModel
+from mixq.quant.modules import QuantConv2d, QuantLinear
+
+DEFAULT_BIT_CHOICES = (2, 3, 4, 5, 6, 7, 8)
+_BUDGET_RTOL = 1e-12  # same tolerance as QuantModel.fits
+_COST_SCALE = 1e3  # the largest per-layer cost spread after scaling (see _solve)
+_MAX_RESOLVES = 3
+
+
+@dataclass(frozen=True)
+class AllocationResult:
+    """The outcome of :func:`allocate_bits`.
+
+    Attributes:
+        bits: chosen weight bit-width per layer, in input order.
+        objective: ``sum_l cost[l, chosen k]`` in the units of the cost matrix (fixed layers count when
+            their bits are a candidate; otherwise they add nothing).
+        bit_params: ``sum_l params[l] * bits[l]`` of the choice.
+        bitops: ``sum_l macs[l] * bits[l] * act_bits`` of the choice, or None when no MACs were given.
+        status: ``"optimal"`` (proven optimal), ``"time_limit"`` (best solution found before the time
+            limit, maybe not optimal) or ``"fixed"`` (every layer was pinned; no solve needed).
+        seconds: wall time of the whole allocation (checks, model building and solving).
+    """
+
+    bits: tuple[int, ...]
+    objective: float
+    bit_params: float
+    bitops: float | None
+    status: str
+    seconds: float
+
+
+# -- input checks ---------------------------------------------------------------------------------
+def _check_choices(bit_choices: Sequence[int]) -> tuple[int, ...]:
+    choices = tuple(bit_choices)
+    if not choices:
+        raise MixqError("bit_choices must name at least one bit-width, got none")
+    for b in choices:
+        if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b <= 0:
+            raise MixqError(f"bit_choices must be positive integers, got {list(choices)}")
+    if len(set(choices)) != len(choices):
+        raise MixqError(f"bit_choices must not repeat a bit-width, got {list(choices)}")
+    return tuple(int(b) for b in choices)
+
+
+def _check_counts(values: Sequence[float], n: int, what: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape != (n,):
+        raise MixqError(f"{what} must have one entry per layer ({n}), got shape {arr.shape}")
+    bad = np.flatnonzero(~np.isfinite(arr) | (arr < 0))
+    if bad.size:
+        raise MixqError(f"{what} must be finite and non-negative; layer {int(bad[0])} has {arr[bad[0]]}")
+    return arr
+
+
+def _check_limit(value: float | None, what: str) -> float | None:
+    if value is None:
+        return None
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise MixqError(f"{what} must be a positive finite number, got {value!r}")
+    return v
+
+
+def _check_fixed(fixed: Mapping[int, int] | None, n_layers: int) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for layer, bits in dict(fixed or {}).items():
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < n_layers:
+            raise MixqError(f"fixed layer index {layer!r} is out of range; expected 0..{n_layers - 1}")
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits <= 0:
+            raise MixqError(f"fixed bits of layer {int(layer)} must be a positive integer, got {bits!r}")
+        out[int(layer)] = int(bits)
+    return out
+
+
+def _is_integral(a: np.ndarray) -> bool:
+    return bool(np.all(a == np.round(a)))
+
+
+# -- the solver -----------------------------------------------------------------------------------
+def allocate_bits(
+    cost: np.ndarray,
+    bit_choices: Sequence[int],
+    params: Sequence[int],
+    budget_bits_params: float | None = None,
+    macs: Sequence[int] | None = None,
+    max_bitops: float | None = None,
+    act_bits: int = 8,
+    fixed: Mapping[int, int] | None = None,
+    time_limit: float | None = None,
+) -> AllocationResult:
+    """Choose one bit-width per layer minimising the summed cost under size and BitOps budgets (ILP).
+
+    Infeasible budgets are detected before the solver runs: the smallest configuration (every free
+    layer at the smallest candidate, fixed layers at their bits) minimises size and BitOps at the same
+    time, so the problem is feasible exactly when that configuration fits both budgets.
+
+    Args:
+        cost: ``(L, K)`` cost of giving layer ``l`` the bit-width ``bit_choices[k]``; lower is better.
+            Must be finite (for a fixed layer only its pinned entry is read).
+        bit_choices: the ``K`` candidate bit-widths (distinct positive integers, any order).
+        params: weight parameters per layer (``L`` entries).
+        budget_bits_params: bound on ``sum params[l] * bits[l]`` (an average-bits budget ``a`` is
+            ``a * sum(params)``; a size budget ``s`` MB is ``s * 8 * 2**20``), or None for no size limit.
+        macs: multiply-accumulates per sample per layer; needed for ``max_bitops``, and when given the
+            result reports the BitOps of the choice.
+        max_bitops: bound on ``sum macs[l] * bits[l] * act_bits`` (see the module docstring), or None.
+        act_bits: activation bits used in the BitOps count.
+        fixed: layer index -> pinned bit-width (e.g. first and last layer at 8). A pinned width need not
+            be a candidate; it then adds nothing to the objective.
+        time_limit: solver time limit in seconds (None: no limit).
+
+    Returns:
+        The :class:`AllocationResult`.
+
+    Raises:
+        MixqError: malformed input, a non-finite cost, a budget below the smallest configuration, or a
+            solver failure.
+    """
+    start = time.perf_counter()
+    choices = _check_choices(bit_choices)
+    cost_arr = np.asarray(cost, dtype=np.float64)
+    if cost_arr.ndim != 2 or cost_arr.shape[1] != len(choices) or cost_arr.shape[0] == 0:
+        raise MixqError(
+            f"cost must be an array (layers, {len(choices)}) with one column per bit choice {list(choices)}, "
+            f"got shape {cost_arr.shape}"
+        )
+    n_layers, n_choices = cost_arr.shape
+    params_arr = _check_counts(params, n_layers, "params")
+    macs_arr = None if macs is None else _check_counts(macs, n_layers, "macs")
+    budget = _check_limit(budget_bits_params, "budget_bits_params")
+    max_ops = _check_limit(max_bitops, "max_bitops")
+    if max_ops is not None and macs_arr is None:
+        raise MixqError("max_bitops needs the per-layer MACs (macs=...)")
+    if isinstance(act_bits, bool) or not isinstance(act_bits, (int, np.integer)) or act_bits <= 0:
+        raise MixqError(f"act_bits must be a positive integer, got {act_bits!r}")
+    pinned = _check_fixed(fixed, n_layers)
+    free = [layer for layer in range(n_layers) if layer not in pinned]
+
+    # non-finite costs (only entries that can be chosen matter)
+    for layer in range(n_layers):
+        if layer in pinned:
+            cols = [choices.index(pinned[layer])] if pinned[layer] in choices else []
+        else:
+            cols = list(range(n_choices))
+        row = cost_arr[layer, cols]
+        if not np.all(np.isfinite(row)):
+            bad = cols[int(np.flatnonzero(~np.isfinite(row))[0])]
+            raise MixqError(
+                f"cost of layer {layer} at {choices[bad]} bits is {cost_arr[layer, bad]}; costs must be finite"
+            )
+
+    bits_vec = np.asarray(choices, dtype=np.float64)
+    min_bits = min(choices)
+    total_params = float(params_arr.sum())
+
+    def size_of(bits: Sequence[int]) -> float:
+        return float(np.dot(params_arr, np.asarray(bits, dtype=np.float64)))
+
+    def ops_of(bits: Sequence[int]) -> float | None:
+        if macs_arr is None:
+            return None
+        return float(np.dot(macs_arr, np.asarray(bits, dtype=np.float64))) * act_bits
+
+    # feasibility, before any solving: the smallest configuration minimises both resources
+    smallest = [pinned.get(layer, min_bits) for layer in range(n_layers)]
+    size_limit = None if budget is None else budget * (1 + _BUDGET_RTOL)
+    ops_limit = None if max_ops is None else max_ops * (1 + _BUDGET_RTOL)
+    if size_limit is not None and size_of(smallest) > size_limit:
+        need, have = size_of(smallest), budget
+        avg = (lambda v: v / total_params) if total_params > 0 else (lambda v: math.inf)
+        raise MixqError(
+            f"budget below the all-minimum-bits size: the smallest configuration ({len(free)} free layer(s) "
+            f"at {min_bits} bits, {len(pinned)} fixed layer(s) at their bits) needs {avg(need):.4f} avg bits "
+            f"({need:.0f} bit-params, {need / 8 / 2**20:.4f} MB), budget {avg(have):.4f} avg bits "
+            f"({have:.0f} bit-params, {have / 8 / 2**20:.4f} MB)"
+        )
+    if ops_limit is not None:
+        need_ops = ops_of(smallest)
+        assert need_ops is not None
+        if need_ops > ops_limit:
+            raise MixqError(
+                f"BitOps budget below the all-minimum-bits BitOps: the smallest configuration "
+                f"({len(free)} free layer(s) at {min_bits} bits, {len(pinned)} fixed at their bits, "
+                f"{act_bits}-bit activations) needs {need_ops / 1e9:.6g} GBitOps, budget {max_ops / 1e9:.6g} GBitOps"
+            )
+
+    def objective_of(bits: Sequence[int]) -> float:
+        total = 0.0
+        for layer, b in enumerate(bits):
+            if layer in pinned and b not in choices:
+                continue
+            total += float(cost_arr[layer, choices.index(b)])
+        return total
+
+    def result(bits: list[int], status: str) -> AllocationResult:
+        return AllocationResult(
+            bits=tuple(bits),
+            objective=objective_of(bits),
+            bit_params=size_of(bits),
+            bitops=ops_of(bits),
+            status=status,
+            seconds=time.perf_counter() - start,
+        )
+
+    if not free:
+        return result(smallest, "fixed")
+
+    chosen, status = _solve(
+        cost_arr[free], bits_vec, params_arr[free], None if macs_arr is None else macs_arr[free] * act_bits,
+        None if size_limit is None else size_limit - size_of([pinned.get(i, 0) for i in range(n_layers)]),
+        None if ops_limit is None else ops_limit - (ops_of([pinned.get(i, 0) for i in range(n_layers)]) or 0.0),
+        time_limit,
+    )
+    bits = list(smallest)
+    for layer, k in zip(free, chosen):
+        bits[layer] = choices[k]
+    return result(bits, status)
+
+
+def _solve(
+    cost: np.ndarray,
+    bits: np.ndarray,
+    params: np.ndarray,
+    ops_per_bit: np.ndarray | None,
+    size_room: float | None,
+    ops_room: float | None,
+    time_limit: float | None,
+) -> tuple[list[int], str]:
+    """Solve the ILP over the free layers; returns the chosen column per layer and the status.
+
+    Numerics: each cost row is shifted by its minimum (one choice per layer, so the argmin is unchanged)
+    and all rows are scaled together so the largest spread is ``_COST_SCALE``; HiGHS' absolute gap
+    (1e-6) is then negligible against real cost differences, and ``mip_rel_gap`` is 0. Resource rows
+    with integral coefficients get the room ``floor(room) + 0.5``; the rounded solution is checked
+    against the true room and the ILP is re-solved with a tighter row in the (rare) case that the
+    solver's feasibility tolerance let it through.
+    """
+    n, k = cost.shape
+    reduced = cost - cost.min(axis=1, keepdims=True)
+    spread = float(reduced.max())
+    c = (reduced * (_COST_SCALE / spread) if spread > 0 else reduced).ravel()
+
+    rows = np.repeat(np.arange(n), k)
+    one_hot = sparse.csr_matrix((np.ones(n * k), (rows, np.arange(n * k))), shape=(n, n * k))
+    resources: list[tuple[np.ndarray, float, bool]] = []  # (coefficients, room, integral)
+    if size_room is not None:
+        coef = np.outer(params, bits).ravel()
+        resources.append((coef, size_room, _is_integral(coef)))
+    if ops_room is not None and ops_per_bit is not None:
+        coef = np.outer(ops_per_bit, bits).ravel()
+        resources.append((coef, ops_room, _is_integral(coef)))
+    rhs = [math.floor(room) + 0.5 if integral else room for _, room, integral in resources]
+
+    options: dict[str, object] = {"mip_rel_gap": 0.0}
+    if time_limit is not None:
+        options["time_limit"] = float(time_limit)
+    for _ in range(_MAX_RESOLVES):
+        constraints = [LinearConstraint(one_hot, 1.0, 1.0)]
+        constraints += [LinearConstraint(coef[None, :], -np.inf, r) for (coef, _, _), r in zip(resources, rhs)]
+        res = milp(c, integrality=np.ones(n * k), bounds=Bounds(0.0, 1.0), constraints=constraints,
+                   options=options)
+        if res.x is None or res.status not in (0, 1):
+            raise MixqError(f"the bit-allocation ILP failed: {res.message} (HiGHS status {res.status})")
+        chosen = [int(i) for i in np.argmax(res.x.reshape(n, k), axis=1)]
+        x = np.zeros(n * k)
+        x[np.arange(n) * k + np.asarray(chosen)] = 1.0
+        excess = [float(coef @ x) - room for coef, room, _ in resources]
+        if all(e <= 0 for e in excess):
+            return chosen, "optimal" if res.status == 0 else "time_limit"
+        # tolerance slip: tighten every violated row below the rejected solution and solve again
+        rhs = [
+            min(r, float(coef @ x) - (1.0 if integral else max(1e-9 * abs(room), 1e-12))) if e > 0 else r
+            for (coef, room, integral), r, e in zip(resources, rhs, excess)
+        ]
+    raise MixqError("the bit-allocation ILP returned solutions over budget (numerical trouble); "
+                    "try a slightly different budget")
+
+
+# -- MACs and BitOps ------------------------------------------------------------------------------
+def layer_macs(qm: QuantModel, x_shape: Sequence[int]) -> list[int]:
+    """Multiply-accumulates per sample of every quantized layer, measured with one forward pass.
+
+    A conv layer does ``out_elems * (in_channels / groups) * kH * kW`` MACs, where ``out_elems`` is its
+    output size per sample (``C_out * H' * W'``); a linear layer ``out_elems * in_features`` (``in * out``
+    for a 2-D input). A layer called several times counts every call; a layer never called counts 0.
+
+    Args:
+        qm: the model.
+        x_shape: input shape, with or without the batch dimension (``(N, C, H, W)`` or ``(C, H, W)``
+            for image models: a 4-entry shape is taken as batched). One zero sample of that shape is run
+            in float mode.
+
+    Returns:
+        MACs per layer, in ``qm.layer_names`` order.
+    """
+    if not isinstance(qm, QuantModel):
+        raise MixqError(f"layer_macs needs a QuantModel, got {type(qm).__name__}")
+    shape = tuple(int(s) for s in x_shape)
+    if len(shape) < 2 or any(s <= 0 for s in shape):
+        raise MixqError(f"x_shape must be an input shape such as (N, C, H, W), got {tuple(x_shape)}")
+    sample_shape = shape[1:] if len(shape) in (2, 4) else shape
+    counts = {name: 0 for name in qm.layer_names}
+
+    def hook(name: str) -> Callable:
+        def record(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            per_sample = output.numel() // output.shape[0]
+            if isinstance(module, QuantConv2d):
+                kh, kw = module.kernel_size
+                counts[name] += per_sample * (module.in_channels // module.groups) * kh * kw
+            elif isinstance(module, QuantLinear):
+                counts[name] += per_sample * module.in_features
+        return record
+
+    ref = next(qm.parameters(), None)
+    x = torch.zeros((1, *sample_shape), dtype=ref.dtype if ref is not None else torch.float32,
+                    device=ref.device if ref is not None else "cpu")
+    handles = [layer.register_forward_hook(hook(name)) for name, layer in qm.layers.items()]
+    try:
+        with torch.no_grad(), qm.float_mode():
+            qm(x)
+    except MixqError:
+        raise
+    except Exception as exc:  # a wrong shape surfaces here
+        raise MixqError(f"cannot run the model on x_shape {shape} to count MACs: {exc}") from None
+    finally:
+        for h in handles:
+            h.remove()
+    return [counts[name] for name in qm.layer_names]
+
+
+def bitops(
+    qm_or_macs: QuantModel | Sequence[int],
+    bits: BitConfig | Mapping[str, int] | Sequence[int] | int,
+    act_bits: int = 8,
+    x_shape: Sequence[int] | None = None,
+) -> float:
+    """Total BitOps of a configuration: ``sum_l MACs_l * w_bits_l * a_bits_l`` per sample (HAWQ-V3).
+
+    Args:
+        qm_or_macs: a :class:`QuantModel` (then ``x_shape`` is needed to count MACs) or MACs per layer.
+        bits: weight bits: a uniform int, a per-layer sequence (model order), or, with a model, a
+            ``BitConfig`` / name mapping (a ``BitConfig``'s per-layer activation bits override ``act_bits``).
+        act_bits: activation bits of layers without an override.
+        x_shape: input shape for :func:`layer_macs` when a model is given.
+
+    Returns:
+        BitOps (divide by 1e9 for GBitOps).
+    """
+    acts: Mapping[str, int] = {}
+    if isinstance(qm_or_macs, QuantModel):
+        if x_shape is None:
+            raise MixqError("bitops of a QuantModel needs x_shape to count MACs")
+        macs = layer_macs(qm_or_macs, x_shape)
+        names = qm_or_macs.layer_names
+        if isinstance(bits, (BitConfig, Mapping)):
+            config = bits if isinstance(bits, BitConfig) else BitConfig(bits)
+            config.validate(names)
+            acts = config.acts
+            bits = config.bits_tuple(names)
+    else:
+        macs = list(qm_or_macs)
+        names = [str(i) for i in range(len(macs))]
+        if isinstance(bits, (BitConfig, Mapping)):
+            raise MixqError("bitops with a MACs list needs bits as an int or a per-layer sequence")
+    w = [bits] * len(macs) if isinstance(bits, (int, np.integer)) else list(bits)
+    if len(w) != len(macs):
+        raise MixqError(f"bits must give one bit-width per layer ({len(macs)}), got {len(w)}")
+    return float(sum(m * int(b) * acts.get(n, act_bits) for m, b, n in zip(macs, w, names)))
+
+
+def uniform_bitops(macs: Sequence[int], bits: int, act_bits: int = 8) -> float:
+    """BitOps of a uniform ``bits``-bit configuration: a convenient BitOps budget (e.g. "as cheap as 4/8").
+
+    Args:
+        macs: MACs per layer.
+        bits: the weight bit-width of every layer.
+        act_bits: activation bits.
+
+    Returns:
+        ``sum(macs) * bits * act_bits``.
+    """
+    return bitops(macs, bits, act_bits)
+
+
+# -- model-level convenience ----------------------------------------------------------------------
+def allocate_config(
+    qm: QuantModel,
+    layer_cost: Callable[[int, int], float] | np.ndarray,
+    budget: Budget,
+    bit_choices: Sequence[int] = DEFAULT_BIT_CHOICES,
+    max_bitops: float | None = None,
+    fixed: Mapping[str, int] | None = None,
+    x_shape: Sequence[int] | None = None,
+    act_bits: int | None = None,
+    time_limit: float | None = None,
+) -> BitConfig:
+    """Optimal bit configuration of a model under a size budget (and optionally a BitOps budget).
+
+    Args:
+        qm: the model (its ``layer_names`` order indexes the cost).
+        layer_cost: ``f(layer_index, bits) -> cost`` (e.g. ``SensitivityTable.value``) or an array
+            ``(layers, len(bit_choices))``.
+        budget: size budget (average bits and/or MB).
+        bit_choices: candidate weight bit-widths.
+        max_bitops: optional BitOps bound (per sample; see :func:`bitops`); needs ``x_shape``.
+        fixed: layer name -> pinned bits (e.g. ``{"conv1": 8, "fc": 8}``).
+        x_shape: model input shape, for counting MACs when ``max_bitops`` is set.
+        act_bits: activation bits for BitOps (default: the model's ``act_bits``).
+        time_limit: solver time limit in seconds.
+
+    Returns:
+        The :class:`BitConfig` (weight bits only).
+    """
+    if not isinstance(budget, Budget):
+        raise MixqError(f"budget must be a Budget, got {type(budget).__name__}")
+    choices = _check_choices(bit_choices)
+    names = qm.layer_names
+    if callable(layer_cost):
+        cost = np.array([[float(layer_cost(i, b)) for b in choices] for i in range(len(names))])
+    else:
+        cost = np.asarray(layer_cost, dtype=np.float64)
+    index = {n: i for i, n in enumerate(names)}
+    unknown = [n for n in (fixed or {}) if n not in index]
+    if unknown:
+        raise MixqError(f"fixed names unknown layer(s) {unknown[:5]}; the model's layers are {names[:5]}"
+                        f"{' ...' if len(names) > 5 else ''}")
+    pinned = {index[n]: b for n, b in (fixed or {}).items()}
+    macs = None
+    if max_bitops is not None:
+        if x_shape is None:
+            raise MixqError("a BitOps budget needs x_shape (the model input shape) to count MACs")
+        macs = layer_macs(qm, x_shape)
+    a_bits = qm.act_bits if act_bits is None else act_bits
+    res = allocate_bits(cost, choices, qm.layer_params, budget.max_bit_params(qm.total_params), macs=macs,
+                        max_bitops=max_bitops, act_bits=a_bits, fixed=pinned, time_limit=time_limit)
+    return BitConfig(dict(zip(names, res.bits)))
