@@ -222,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-calibrate", action="store_true", help="skip feature calibration")
     p.add_argument("--out", help="output folder (default runs/evoq-MODEL-BUDGET)")
     p.set_defaults(func=cmd_evoq)
+
+    from mixq.bench.cli import add_bench_commands
+
+    add_bench_commands(sub)
     return parser
 
 

@@ -158,7 +158,8 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
     """A Conv2d whose weight and input are fake-quantized."""
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, weight_bits: int = FLOAT_BITS, act_bits: int = 8, weight_range: str = "minmax"
+    def from_float(
+        cls, conv: nn.Conv2d, weight_bits: int = FLOAT_BITS, act_bits: int = 8, weight_range: str = "minmax"
     ) -> QuantConv2d:
         """Wrap a float Conv2d (weights are shared, not copied).
 
@@ -190,7 +191,8 @@ class QuantLinear(QuantMixin, nn.Linear):
     """A Linear whose weight and input are fake-quantized."""
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, weight_bits: int = FLOAT_BITS, act_bits: int = 8, weight_range: str = "minmax"
+    def from_float(
+        cls, linear: nn.Linear, weight_bits: int = FLOAT_BITS, act_bits: int = 8, weight_range: str = "minmax"
     ) -> QuantLinear:
         """Wrap a float Linear (weights are shared, not copied).
 

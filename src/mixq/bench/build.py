@@ -1,0 +1,242 @@
+"""Build an MQ benchmark: sample bit configurations, label each with its quantized top-1, store them.
+
+The label of a configuration is the top-1 (%) on the test split (all of it unless ``n_test`` is
+given) of the model quantized by mixq's foundation PTQ, which is deterministic and cheap:
+
+* weights: per-output-channel asymmetric min/max, round-to-nearest, at the configuration's bits;
+* activations: every quantized layer's input per-tensor asymmetric, 8-bit, range = min/max over
+  ``samples`` (50) calibration images from the train split, drawn with ``seed``;
+* BatchNorm folded into the preceding convolution; no reconstruction (no AdaRound / BRECQ).
+
+(EMQ's MQ-Bench-101 used BRECQ block reconstruction instead, far too costly to label hundreds of
+configurations on a CPU; absolute accuracies at 2 bits are therefore much lower here.)
+
+Resuming: the configurations come from :func:`~mixq.bench.sampling.sample_configs` with the stored
+sampling settings, so a rerun with the same arguments draws the same list and evaluates only those
+not stored yet. Each label is committed as soon as it is measured, so killing a build loses at most
+the configuration being evaluated.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from mixq.bench.sampling import DEFAULT_CHOICES, MODES, sample_configs
+from mixq.bench.store import MQBench, utc_now
+from mixq.errors import MixqError
+from mixq.models import get_model_spec, sha256_file
+from mixq.provenance import versions
+from mixq.quant.model import QuantModel
+from mixq.task import Task, load_task
+
+ACT_BITS = 8
+WEIGHT_RANGE = "minmax"
+
+#: The quantizer settings stored with every benchmark (meta key ``quantizer``).
+QUANTIZER: dict[str, Any] = {
+    "name": "mixq foundation PTQ",
+    "weights": "per-channel asymmetric min/max",
+    "weight_range": WEIGHT_RANGE,
+    "rounding": "round-to-nearest",
+    "activations": f"per-tensor asymmetric min/max, {ACT_BITS}-bit",
+    "act_bits": ACT_BITS,
+    "bn": "folded",
+    "ptq": "none (no reconstruction)",
+}
+
+
+def checkpoint_sha256(
+    model: str, model_root: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None
+) -> tuple[str | None, str | None]:
+    """sha256 and file name of the checkpoint a model loads (the same file :func:`create_model` reads).
+
+    Args:
+        model: registry name or ``package.module:function``.
+        model_root: checkpoint folder (as for :func:`mixq.task.load_task`).
+        checkpoint: state_dict file of a user model.
+
+    Returns:
+        ``(sha256, file name)``, or ``(None, None)`` when the model has no checkpoint file.
+    """
+    if ":" in model:
+        if checkpoint is None:
+            return None, None
+        return sha256_file(checkpoint), Path(checkpoint).name
+    from mixq.models.loading import _checkpoint_path  # the resolution create_model uses (demo included)
+
+    spec = get_model_spec(model)
+    if spec.weights_path is None and spec.checkpoint is None:
+        return None, None
+    path = _checkpoint_path(spec, model_root)
+    return sha256_file(path), Path(path).name
+
+
+def _evaluate(qm: QuantModel, task: Task, bits: Sequence[int], batch_size: int) -> float:
+    """Quantized top-1 of one configuration (the seam tests monkeypatch)."""
+    qm.set_bits_tuple(tuple(bits))
+    return task.top1(qm, batch_size=batch_size, progress=False)
+
+
+def _settings(
+    model: str, n: int, seed: int, mode: str, samples: int, n_test: int | None, choices: Sequence[int],
+    pinned_bits: int | None,
+) -> dict[str, Any]:
+    """The meta entries a resumed build must match."""
+    return {
+        "model": model,
+        "sampling": {"mode": mode, "choices": sorted({int(c) for c in choices}), "pinned_bits": pinned_bits,
+                     "seed": seed, "n": n},
+        "quantizer": dict(QUANTIZER),
+        "calibration_request": {"samples": samples, "seed": seed},
+        "n_test": n_test,
+    }
+
+
+def _check_resume(bench: MQBench, want: dict[str, Any]) -> None:
+    """Refuse to continue a benchmark built with other settings."""
+    meta = bench.meta
+    have = {
+        "model": meta.get("model"),
+        "sampling": meta.get("sampling"),
+        "quantizer": meta.get("quantizer"),
+        "calibration_request": {k: (meta.get("calibration") or {}).get(k) for k in ("samples", "seed")},
+        "n_test": (meta.get("data") or {}).get("n_test"),
+    }
+    diffs = [f"{k}: file has {have[k]!r}, asked {want[k]!r}" for k in want if have[k] != want[k]]
+    if diffs:
+        raise MixqError(
+            f"benchmark {str(bench.path)!r} was built with other settings ({'; '.join(diffs)}); rerun with "
+            f"the same settings to resume it, or pick another file"
+        )
+
+
+def build_benchmark(
+    path: str | os.PathLike,
+    model: str,
+    n: int,
+    seed: int = 0,
+    mode: str = "emq",
+    samples: int = 50,
+    data_root: str | os.PathLike | None = None,
+    model_root: str | os.PathLike | None = None,
+    n_test: int | None = None,
+    progress: bool = True,
+    choices: Sequence[int] = DEFAULT_CHOICES,
+    pinned_bits: int | None = 8,
+    checkpoint: str | os.PathLike | None = None,
+    batch_size: int = 500,
+) -> MQBench:
+    """Create or resume a benchmark file and label every sampled configuration.
+
+    Args:
+        path: benchmark file (SQLite, see :mod:`mixq.bench.store`); created if absent, resumed if present.
+        model: registry name or ``package.module:function``.
+        n: number of configurations.
+        seed: seed of both the configuration sampling and the calibration draw.
+        mode: ``"emq"`` or ``"size-spread"`` (see :mod:`mixq.bench.sampling`).
+        samples: calibration images for the activation ranges.
+        data_root: data folder.
+        model_root: checkpoint folder.
+        n_test: evaluate on a class-balanced subset of this many test images (default: the full split).
+        progress: show a progress bar with ETA.
+        choices: bit-widths of the free layers.
+        pinned_bits: bits of the first and last layer (None: they are free too).
+        checkpoint: state_dict of a ``package.module:function`` model.
+        batch_size: evaluation batch size.
+
+    Returns:
+        The open benchmark, holding all ``n`` configurations.
+
+    Raises:
+        MixqError: bad arguments, an existing file that is not a benchmark or was built with other
+            settings, or any model / data loading error.
+    """
+    if mode not in MODES:
+        raise MixqError(f"unknown sampling mode {mode!r}; expected one of {list(MODES)}")
+    for label, value, low in (("number of configurations", n, 1), ("seed", seed, 0),
+                              ("calibration samples", samples, 1), ("batch size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise MixqError(f"{label} must be an integer >= {low}, got {value!r}")
+    if n_test is not None and (isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 1):
+        raise MixqError(f"n_test must be a positive integer or None (full test split), got {n_test!r}")
+    path = Path(path)
+    want = _settings(model, n, seed, mode, samples, n_test, choices, pinned_bits)
+    existing = MQBench.open(path) if path.exists() else None
+    try:
+        if existing is not None:
+            _check_resume(existing, want)
+        task = load_task(model, samples=samples, seed=seed, data_root=data_root, model_root=model_root,
+                         n_test=n_test, checkpoint=checkpoint)
+        qm = QuantModel(task.model, calib=task.calib, act_bits=ACT_BITS, weight_range=WEIGHT_RANGE)
+        sha, ckpt_name = checkpoint_sha256(model, model_root, checkpoint)
+        data = {"dataset": task.dataset, "split": getattr(task.test, "split", "test"), "n_test": n_test,
+                "n_images": len(task.test)}
+        session = {"started": utc_now(), "versions": versions()}
+        if existing is None:
+            meta = {
+                "model": model,
+                "checkpoint_sha256": sha,
+                "checkpoint_file": ckpt_name,
+                "layer_names": list(qm.layer_names),
+                "layer_params": [int(p) for p in qm.layer_params],
+                "quantizer": dict(QUANTIZER),
+                "data": data,
+                "calibration": {"samples": samples, "seed": seed,
+                                "split": getattr(task.calib_set, "split", "train")},
+                "sampling": want["sampling"],
+                "versions": session["versions"],
+                "sessions": [session],
+                "created": session["started"],
+            }
+            bench = MQBench.create(path, meta)
+        else:
+            bench = existing
+            _check_same_model(bench, qm, sha, data)
+            bench.set_meta("sessions", list(bench.meta.get("sessions") or []) + [session])
+    except BaseException:
+        if existing is not None:
+            existing.close()
+        raise
+    try:
+        configs = sample_configs(qm.layer_names, qm.layer_params, n, seed=seed, mode=mode, choices=choices,
+                                 pinned_bits=pinned_bits)
+        todo = bench.pending(configs)
+        bar = tqdm(total=n, initial=n - len(todo), disable=not progress, desc=f"bench {model}", unit="cfg")
+        try:
+            for bits in todo:
+                t0 = time.perf_counter()
+                top1 = _evaluate(qm, task, bits, batch_size)
+                seconds = time.perf_counter() - t0
+                bench.add(bits, top1, avg_bits=qm.avg_bits(dict(zip(qm.layer_names, bits, strict=True))),
+                          size_mb=qm.size_mb(dict(zip(qm.layer_names, bits, strict=True))), seconds=seconds)
+                bar.update(1)
+                bar.set_postfix(top1=f"{top1:.2f}")
+        finally:
+            bar.close()
+    except BaseException:
+        bench.close()
+        raise
+    return bench
+
+
+def _check_same_model(bench: MQBench, qm: QuantModel, sha: str | None, data: dict[str, Any]) -> None:
+    """A resumed benchmark must describe the same layers, checkpoint and test split."""
+    name = str(bench.path)
+    if list(qm.layer_names) != bench.layer_names or [int(p) for p in qm.layer_params] != bench.layer_params:
+        raise MixqError(f"benchmark {name!r} lists other layers than model {bench.model!r} has now; pick another "
+                        f"file")
+    stored = bench.meta.get("checkpoint_sha256")
+    if stored != sha:
+        raise MixqError(f"benchmark {name!r} was labelled with checkpoint sha256 {stored}, but the checkpoint "
+                        f"found now has {sha}; use the same checkpoint or pick another file")
+    have = bench.meta.get("data") or {}
+    if have.get("dataset") != data["dataset"] or have.get("n_images") != data["n_images"]:
+        raise MixqError(f"benchmark {name!r} was labelled on {have.get('n_images')} {have.get('dataset')} test "
+                        f"images, but {data['n_images']} {data['dataset']} images were found now (another data "
+                        f"root?); pick another file")
