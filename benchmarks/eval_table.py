@@ -31,10 +31,19 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--imagenet", action="store_true", help="also efficientnet-lite0 on the ImageNet sample")
-    ap.add_argument("--out", default="results/eval_table.json")
+    ap.add_argument("--out", default="results/eval_table.jsonl",
+                    help="JSON Lines, one row per (model, bits), appended as measured; rows present are skipped")
+    ap.add_argument("--markdown", action="store_true", help="only print the table from --out")
     args = ap.parse_args()
-    rows = []
+    out = Path(args.out)
+    if args.markdown:
+        print(render(out))
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["model"], r["bits"]) for r in _rows(out)}
     for name in args.models + (["efficientnet-lite0"] if args.imagenet else []):
+        if all((name, b) in done for b in args.bits):
+            continue
         t0 = time.perf_counter()
         task = load_task(name, samples=args.samples, seed=args.seed)
         fp32 = task.top1(task.model, desc=f"{name} fp32")
@@ -47,20 +56,35 @@ def main() -> None:
             extra["fp32_top1_all_1000"] = accuracy(task.model, batches(full, task.mean, task.std, 250), progress=False)
         qm = QuantModel(task.model, calib=task.calib)
         for b in args.bits:
+            if (name, b) in done:
+                continue
             qm.set_bits(b)
             ours = task.top1(qm, desc=f"{name} w{b}")
             ref = task.top1(reference_quantize(task.model, task.calib, b), desc=f"{name} ref w{b}")
             row = {"model": name, "bits": b, "act_bits": 8, "fp32_top1": fp32, "quant_top1": ours,
                    "reference_top1": ref, "size_mb": qm.size_mb(), "avg_bits": qm.avg_bits(),
-                   "n_test": len(task.test), "samples": args.samples, "seed": args.seed, **extra}
-            rows.append(row)
+                   "n_test": len(task.test), "samples": args.samples, "seed": args.seed, **extra,
+                   "versions": versions()}
+            with open(out, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
             print(f"{name:18} w{b:<2} fp32 {fp32:6.2f}  mixq {ours:6.2f}  reference {ref:6.2f}  "
                   f"diff {ours - ref:+.2f}  size {qm.size_mb():.4f} MB", flush=True)
         print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "versions": versions()}, indent=1))
-    print(f"wrote {out}")
+    print(render(out))
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def render(path: Path) -> str:
+    """Markdown table of the results file."""
+    from mixq.report import markdown_table
+
+    return markdown_table(_rows(path), [
+        ("model", "model", ""), ("bits", "weight bits", "d"), ("fp32_top1", "FP32 top-1", ".2f"),
+        ("quant_top1", "mixq top-1", ".2f"), ("reference_top1", "reference top-1", ".2f"),
+        ("size_mb", "weights MB", ".4f"), ("n_test", "test images", "d")])
 
 
 if __name__ == "__main__":
