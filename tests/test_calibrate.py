@@ -1,0 +1,124 @@
+"""Feature calibration: the loss falls, bits stay, weights change and are re-quantized, runs repeat."""
+
+import pytest
+import torch
+from torch import nn
+
+from mixq.calibrate import CalibrationConfig, CalibrationResult, calibrate
+from mixq.errors import MixqError
+from mixq.quant.model import QuantModel
+from mixq.quant.primitives import quantize_weight
+
+
+def _tiny_model(c: int = 16) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, c, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c),
+        nn.ReLU(),
+        nn.Conv2d(c, c, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(c, 10),
+    )
+    with torch.no_grad():
+        bn = model[1]
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.fixture()
+def setup():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(32, 3, 8, 8, generator=g)
+    qm = QuantModel(_tiny_model(), calib=x)
+    qm.set_bits({"0": 8, "3": 3, "7": 3})
+    return qm, x
+
+
+FAST = CalibrationConfig(epochs=15, lr=1e-4, seed=0)
+
+
+def test_loss_decreases_and_bits_kept(setup):
+    qm, x = setup
+    bits_before = qm.bit_config()
+    result = calibrate(qm, x, FAST, progress=False)
+    assert isinstance(result, CalibrationResult)
+    assert len(result.history) == FAST.epochs
+    assert result.final_loss < result.initial_loss
+    assert result.history[-1] < result.history[0]
+    assert result.seconds > 0
+    assert qm.bit_config() == bits_before
+
+
+def test_weights_change_and_cache_requantizes(setup):
+    qm, x = setup
+    before = {n: m.weight.detach().clone() for n, m in qm.layers.items()}
+    stale = {n: m.quantized_weight().clone() for n, m in qm.layers.items()}  # fills the cache
+    calibrate(qm, x, FAST, progress=False)
+    changed = False
+    for name, m in qm.layers.items():
+        assert not m.weight.requires_grad
+        assert m.bias is None or not m.bias.requires_grad
+        changed |= not torch.equal(m.weight, before[name])
+        fresh = quantize_weight(m.weight.detach(), m.weight_quantizer.bits)
+        assert torch.equal(m.quantized_weight(), fresh)
+    assert changed
+    assert any(not torch.equal(qm.layers[n].quantized_weight(), stale[n]) for n in qm.layer_names)
+    assert not any(p.requires_grad for p in qm.parameters())
+
+
+def test_same_seed_same_result():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 3, 8, 8, generator=g)
+    config = CalibrationConfig(epochs=4, lr=1e-3, batch_size=5, seed=3)  # several shuffled batches
+    weights = []
+    for _ in range(2):
+        qm = QuantModel(_tiny_model(), calib=x)
+        qm.set_bits(3)
+        r = calibrate(qm, x, config, progress=False)
+        weights.append(([m.weight.clone() for m in qm.layers.values()], r.history))
+    (w1, h1), (w2, h2) = weights
+    assert h1 == h2
+    assert all(torch.equal(a, b) for a, b in zip(w1, w2, strict=True))
+
+
+def test_sgd_and_output_only(setup):
+    qm, x = setup
+    r = calibrate(qm, x, CalibrationConfig(epochs=3, optimizer="sgd", lr=1e-3, features="output"), progress=False)
+    assert len(r.history) == 3 and r.final_loss <= r.initial_loss * 1.5
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"epochs": 0},
+        {"epochs": 2.5},
+        {"lr": 0},
+        {"lr": float("nan")},
+        {"momentum": 1.0},
+        {"alpha": -1},
+        {"beta": -0.5},
+        {"alpha": 0, "beta": 0},
+        {"alpha": 0, "features": "output"},
+        {"batch_size": 0},
+        {"optimizer": "rmsprop"},
+        {"weight_decay": -1e-4},
+        {"features": "blocks?"},
+    ],
+)
+def test_bad_config_raises(kwargs):
+    with pytest.raises(MixqError):
+        CalibrationConfig(**kwargs)
+
+
+def test_bad_inputs_raise(setup):
+    qm, x = setup
+    with pytest.raises(MixqError):
+        calibrate(qm, torch.zeros(0, 3, 8, 8), FAST, progress=False)
+    with pytest.raises(MixqError):
+        calibrate(qm, x.to(torch.uint8), FAST, progress=False)
+    with pytest.raises(MixqError):
+        calibrate(nn.Linear(2, 2), x, FAST, progress=False)  # type: ignore[arg-type]
