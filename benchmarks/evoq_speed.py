@@ -23,16 +23,7 @@ from mixq.quant.model import QuantModel
 from mixq.search.evoq import EvoQConfig, FitnessEvaluator, evoq_search
 from mixq.sensitivity import compute_sensitivity
 from mixq.task import load_task
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+from mixq.timing import median_seconds
 
 
 def main() -> None:
@@ -53,9 +44,9 @@ def main() -> None:
     for g in genomes:  # fill the per-bit weight caches, as a running search has
         fitness(g)
     with torch.no_grad():
-        t_plain = _median_time(lambda: task.model(x), args.repeats)
+        t_plain = median_seconds(lambda: task.model(x), args.repeats)
     it = iter(range(10**9))
-    t_fit = _median_time(lambda: fitness(genomes[next(it) % len(genomes)]), args.repeats)
+    t_fit = median_seconds(lambda: fitness(genomes[next(it) % len(genomes)]), args.repeats)
     t0 = time.perf_counter()
     table = compute_sensitivity(qm, x, progress=False)
     t_sens = time.perf_counter() - t0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 import torch
@@ -21,16 +20,7 @@ from mixq.provenance import versions
 from mixq.proxies import get_proxy, list_proxies, stats_for
 from mixq.quant.model import QuantModel
 from mixq.task import load_task
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+from mixq.timing import median_seconds
 
 
 def main() -> None:
@@ -57,14 +47,14 @@ def main() -> None:
                 for w in weights:
                     w.requires_grad_(False)
 
-    t_fb = _median_time(fwd_bwd, args.repeats)
+    t_fb = median_seconds(fwd_bwd, args.repeats)
     bits = np.random.default_rng(0).integers(2, 9, size=(args.configs, n_layers))
     print(f"{args.model}: {n_layers} layers, batch {args.batch}, one forward+backward = {t_fb * 1e3:.1f} ms")
     rows = []
     for name in args.proxies or list_proxies():
         proxy = get_proxy(name)
         stats = stats_for(qm, proxy, x, y, seed=0)
-        t_score = _median_time(lambda proxy=proxy, stats=stats: proxy.score(stats, bits), max(args.repeats, 20))
+        t_score = median_seconds(lambda proxy=proxy, stats=stats: proxy.score(stats, bits), max(args.repeats, 20))
         ratio = t_score / t_fb
         rows.append({"proxy": name, "stats_s": stats.seconds, "stats_over_fwd_bwd": stats.seconds / t_fb,
                      "score_s": t_score, "score_over_fwd_bwd": ratio})

@@ -7,18 +7,8 @@ import sys
 import pytest
 import torch
 
-import mixq.paths as paths
 from mixq.cli import main
 from mixq.paths import resolve_data_root
-
-
-@pytest.fixture
-def demo_only(monkeypatch, tmp_path):
-    """No ../shared anywhere and no environment variables: the embedded demo is used."""
-    monkeypatch.setattr(paths, "_shared_candidates", lambda: [])
-    monkeypatch.delenv("MIXQ_DATA", raising=False)
-    monkeypatch.delenv("MIXQ_MODELS", raising=False)
-    monkeypatch.chdir(tmp_path)
 
 
 def test_eval_json_on_demo(demo_only, capsys):

@@ -2,18 +2,7 @@
 
 import json
 
-import pytest
-
-import mixq.paths as paths
 from mixq.cli import main
-
-
-@pytest.fixture
-def demo_only(monkeypatch, tmp_path):
-    monkeypatch.setattr(paths, "_shared_candidates", lambda: [])
-    monkeypatch.delenv("MIXQ_DATA", raising=False)
-    monkeypatch.delenv("MIXQ_MODELS", raising=False)
-    monkeypatch.chdir(tmp_path)
 
 
 def test_evoq_writes_artefacts(demo_only, tmp_path, capsys):
