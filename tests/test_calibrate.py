@@ -122,3 +122,40 @@ def test_bad_inputs_raise(setup):
         calibrate(qm, x.to(torch.uint8), FAST, progress=False)
     with pytest.raises(MixqError):
         calibrate(nn.Linear(2, 2), x, FAST, progress=False)  # type: ignore[arg-type]
+
+
+def test_augmented_cosine_calibration(setup):
+    qm, x = setup
+    teacher_weights = {n: m.weight.detach().clone() for n, m in qm.layers.items()}
+    cfg = CalibrationConfig(epochs=15, lr=1e-4, augment=True, schedule="cosine", seed=0)
+    result = calibrate(qm, x, cfg, progress=False)
+    assert result.final_loss < result.initial_loss
+    assert any(not torch.equal(m.weight, teacher_weights[n]) for n, m in qm.layers.items())
+    assert all(not m.weight.requires_grad for m in qm.layers.values())
+
+
+def test_augment_batch_shifts_and_flips():
+    from mixq.calibrate import augment_batch
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    out = augment_batch(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and not torch.equal(out, x)
+    # every output pixel value comes from the same image and channel
+    for i in range(2):
+        for c in range(3):
+            assert set(out[i, c].flatten().tolist()) <= set(x[i, c].flatten().tolist())
+
+
+def test_learned_scale_is_kept_and_used(setup):
+    qm, x = setup
+    cfg = CalibrationConfig(epochs=15, lr=1e-4, learn_scale=True, seed=0)
+    layer = qm.layers["3"]
+    result = calibrate(qm, x, cfg, progress=False)
+    assert result.final_loss < result.initial_loss
+    scale, zp = layer.weight_quantizer.grids[3]
+    assert not scale.requires_grad
+    expected = torch.fake_quantize_per_channel_affine(layer.weight, scale, zp, 0, 0, 7)
+    torch.testing.assert_close(layer.quantized_weight(), expected, atol=1e-6, rtol=0)
+    # other bit-widths still follow the weight's range
+    qm.set_bits({"0": 8, "3": 4, "7": 3})
+    torch.testing.assert_close(layer.quantized_weight(), quantize_weight(layer.weight, 4), atol=0, rtol=0)

@@ -47,19 +47,43 @@ Full 10,000-image test split with these defaults (resnet20-jpeg, FP32 88.2 %): u
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from mixq.errors import MixqError
 from mixq.quant.model import QuantModel
+from mixq.quant.primitives import FLOAT_BITS
 
 OPTIMIZERS = ("sgd", "adam")
 FEATURES = ("layers", "output")
+SCHEDULES = ("constant", "cosine")
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random shift (reflect padding by 1/8 of the side, random crop back) and horizontal flip per image.
+
+    Args:
+        x: normalised images ``(B, C, H, W)``.
+        gen: random generator.
+
+    Returns:
+        Augmented images, same shape.
+    """
+    b, _, h, w = x.shape
+    ph, pw = max(1, h // 8), max(1, w // 8)
+    padded = F.pad(x, (pw, pw, ph, ph), mode="reflect")  # (B, C, H + 2ph, W + 2pw)
+    dy = torch.randint(0, 2 * ph + 1, (b,), generator=gen)
+    dx = torch.randint(0, 2 * pw + 1, (b,), generator=gen)
+    flip = torch.rand(b, generator=gen) < 0.5
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
 @dataclass(frozen=True)
@@ -79,7 +103,13 @@ class CalibrationConfig:
         normalize_features: divide each layer's feature MSE by the teacher feature's mean square, so
             that every layer counts alike whatever its scale.
         train_bias: also train the (float) biases of the quantized layers.
-        seed: seed of the batch order.
+        learn_scale: freeze each layer's weight grid at its current range and learn the per-channel
+            scale with the weights (straight-through gradients, LSQ-style); the learned grid is kept.
+        augment: at every step, show the calibration images randomly shifted (reflect-padded by 1/8 of
+            the side, then cropped back) and flipped; the teacher is run on the same augmented images.
+            Same samples, more views: it lets calibration run longer without over-fitting.
+        schedule: learning-rate schedule, ``"constant"`` or ``"cosine"`` (decays to 0 over the epochs).
+        seed: seed of the batch order and of the augmentation.
     """
 
     epochs: int = 50
@@ -93,6 +123,9 @@ class CalibrationConfig:
     features: str = "layers"
     normalize_features: bool = True
     train_bias: bool = True
+    learn_scale: bool = False
+    augment: bool = False
+    schedule: str = "constant"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -123,6 +156,8 @@ class CalibrationConfig:
             raise bad("weight_decay", self.weight_decay, ">= 0")
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise bad("schedule", self.schedule, f"one of {', '.join(SCHEDULES)}")
         if self.features not in FEATURES:
             raise bad("features", self.features, f"one of {', '.join(FEATURES)}")
 
@@ -219,6 +254,7 @@ def calibrate(
     if config.train_bias:
         params += [m.bias for m in layers if m.bias is not None]
     result = CalibrationResult()
+    t_tap = None
     try:
         # teacher targets: the folded float model's logits and layer outputs, computed once
         t_logits: list[torch.Tensor] = []
@@ -245,6 +281,14 @@ def calibrate(
             return total / n
 
         result.initial_loss = full_loss()
+        teacher, t_tap = None, None
+        if config.augment:  # a frozen float copy recomputes the targets on each augmented batch
+            teacher = copy.deepcopy(qm)
+            t_tap = _FeatureTap([teacher.layers[name] for name in teacher.layer_names]) if use_feats else None
+        if config.learn_scale:
+            for m in layers:
+                if m.weight_quantizer.bits != FLOAT_BITS:
+                    params.append(m.weight_quantizer.freeze_grid(m.weight))
         for p in params:
             p.requires_grad_(True)
         if config.optimizer == "sgd":
@@ -252,6 +296,8 @@ def calibrate(
                 params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
         else:
             opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
+                 if config.schedule == "cosine" else None)
         gen = torch.Generator().manual_seed(config.seed)
         bar = tqdm(range(config.epochs), desc="calibrate", disable=not progress, leave=False)
         for _ in bar:
@@ -259,13 +305,22 @@ def calibrate(
             epoch_loss = 0.0
             for i in range(0, n, bs):
                 idx = order[i:i + bs]
-                out = qm(calib[idx])  # straight-through gradients reach the float weights
+                if teacher is not None:
+                    xb = augment_batch(calib[idx], gen)
+                    with torch.no_grad(), teacher.float_mode():
+                        tl = teacher(xb)
+                        tf = t_tap.take() if t_tap is not None else []
+                else:
+                    xb, tl, tf = calib[idx], teacher_logits[idx], [f[idx] for f in teacher_feats]
+                out = qm(xb)  # straight-through gradients reach the float weights
                 feats = tap.take() if tap is not None else []
-                loss = _loss(out, feats, teacher_logits[idx], [f[idx] for f in teacher_feats], scales, config)
+                loss = _loss(out, feats, tl, tf, scales, config)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()  # in-place update: bumps the weights' version, so the bit caches refresh
                 epoch_loss += float(loss.detach()) * idx.numel()
+            if sched is not None:
+                sched.step()
             result.history.append(epoch_loss / n)
             bar.set_postfix(loss=f"{result.history[-1]:.4g}")
         bar.close()
@@ -279,6 +334,8 @@ def calibrate(
             p.grad = None
         if tap is not None:
             tap.close()
+        if t_tap is not None:
+            t_tap.close()
         qm.train(was_training)
     result.seconds = time.perf_counter() - start
     return result

@@ -12,7 +12,10 @@ import time
 import warnings
 from collections.abc import Sequence
 
+from mixq.calibrate import CalibrationConfig
 from mixq.errors import MixqError
+
+CALIB_DEFAULTS = CalibrationConfig()
 
 EPILOG_DATA = (
     "Data and checkpoints: --data-root / $MIXQ_DATA (a folder holding cifar10-jpeg/ and imagenet-sample/) "
@@ -138,8 +141,12 @@ def cmd_evoq(args: argparse.Namespace) -> int:
     )
     out = args.out or f"runs/evoq-{args.model.replace(':', '_')}-{args.target_bits or args.size_mb}"
     task = _load_task(args)
+    calibration = CalibrationConfig(
+        epochs=args.calib_epochs, lr=args.calib_lr, alpha=args.calib_alpha, beta=args.calib_beta,
+        optimizer=args.calib_optimizer, augment=not args.calib_no_augment, seed=args.seed,
+    )
     options = RunOptions(budget=budget, act_bits=args.act_bits, weight_range=args.weight_range,
-                         calibrate=not args.no_calibrate, progress=not args.no_progress)
+                         calibrate=not args.no_calibrate, calibration=calibration, progress=not args.no_progress)
     r = run_evoq(task, options, config, out)
     print(f"model      {r['model']}  ({r['n_test']} test images, {r['samples']} calibration samples, "
           f"seed {r['seed']})")
@@ -219,7 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-bits", type=int, default=8, help="highest weight bits (default %(default)s)")
     s.add_argument("--weight-range", choices=["minmax", "omse", "aciq"], default="minmax",
                    help="per-channel weight range: min/max (paper), MSE-optimal, or ACIQ (default %(default)s)")
-    p.add_argument("--no-calibrate", action="store_true", help="skip feature calibration")
+    c = p.add_argument_group("feature calibration")
+    c.add_argument("--no-calibrate", action="store_true", help="skip feature calibration")
+    c.add_argument("--calib-epochs", type=int, default=CALIB_DEFAULTS.epochs,
+                   help="steps over the calibration samples (default %(default)s)")
+    c.add_argument("--calib-lr", type=float, default=CALIB_DEFAULTS.lr, help="learning rate (default %(default)s)")
+    c.add_argument("--calib-alpha", type=float, default=CALIB_DEFAULTS.alpha,
+                   help="weight of the output MSE (default %(default)s)")
+    c.add_argument("--calib-beta", type=float, default=CALIB_DEFAULTS.beta,
+                   help="weight of the intermediate-feature MSE (default %(default)s)")
+    c.add_argument("--calib-optimizer", choices=["adam", "sgd"], default=CALIB_DEFAULTS.optimizer,
+                   help="optimizer; the paper uses sgd with momentum 0.9 (default %(default)s)")
+    c.add_argument("--calib-no-augment", action="store_true",
+                   help="show the calibration images as they are (no random shifts/flips)")
     p.add_argument("--out", help="output folder (default runs/evoq-MODEL-BUDGET)")
     p.set_defaults(func=cmd_evoq)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from mixq.calibrate import CalibrationConfig, calibrate
 from mixq.config import Budget
 from mixq.errors import MixqError
 from mixq.evaluate import predict
@@ -37,6 +38,7 @@ class RunOptions:
         act_bits: activation bits.
         weight_range: weight range method (``"minmax"``, ``"omse"``, ``"aciq"``).
         calibrate: run feature calibration after the search.
+        calibration: feature calibration settings.
         evaluate_uniform: also evaluate the uniform baseline at floor(target bits).
         progress: show progress bars.
     """
@@ -45,6 +47,7 @@ class RunOptions:
     act_bits: int = 8
     weight_range: str = "minmax"
     calibrate: bool = True
+    calibration: CalibrationConfig = CalibrationConfig()
     evaluate_uniform: bool = True
     progress: bool = True
 
@@ -137,9 +140,7 @@ def run_evoq(task: Task, options: RunOptions, config: EvoQConfig, out: str | os.
         record["uniform_size_mb"] = qm.size_mb()
         qm.set_bits(result.config)
     if options.calibrate:
-        from mixq.calibrate import CalibrationConfig, calibrate
-
-        ccfg = CalibrationConfig(seed=config.seed)
+        ccfg = options.calibration
         cal = calibrate(qm, task.calib, ccfg, progress=options.progress)
         record["quant_top1"] = task.top1(qm, progress=options.progress, desc="calibrated")
         record["calibration"] = {**asdict(ccfg), "seconds": cal.seconds, "loss_initial": cal.initial_loss,

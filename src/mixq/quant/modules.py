@@ -24,10 +24,15 @@ from mixq.quant.ranges import get_range_method, quantize_weight_with
 class WeightQuantizer(nn.Module):
     """Per-output-channel asymmetric weight quantizer with a per-bit-width cache.
 
+    By default the grid (scale, zero point) follows the weight: it is recomputed from the weight's
+    per-channel range with ``method``. A grid can instead be *frozen* for a bit-width with
+    :meth:`freeze_grid` (feature calibration does this, then learns the scale as a parameter, LSQ-style).
+
     Attributes:
         bits: current bit-width (2..8, or 32 for float).
         method: per-channel range method (``"minmax"``, ``"omse"``, ``"aciq"``; see
             :mod:`mixq.quant.ranges`).
+        grids: bit-width -> frozen (scale ``(C,)``, int32 zero point ``(C,)``) overriding ``method``.
     """
 
     def __init__(self, bits: int = FLOAT_BITS, method: str = "minmax") -> None:
@@ -35,8 +40,33 @@ class WeightQuantizer(nn.Module):
         get_range_method(method)  # validates the name
         self.bits = bits
         self.method = method
+        self.grids: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._cache: dict[int, torch.Tensor] = {}
-        self._cache_key: tuple[int, int] | None = None
+        self._cache_key: tuple | None = None
+
+    def freeze_grid(self, w: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+        """Fix the grid of one bit-width at the one ``method`` gives for ``w`` now.
+
+        Args:
+            w: the float weight.
+            bits: bit-width (default: the current one).
+
+        Returns:
+            The scale tensor ``(C,)`` (make it a leaf with ``requires_grad_`` to learn it).
+        """
+        bits = self.bits if bits is None else bits
+        lo, hi = get_range_method(self.method)(w.detach(), bits)
+        scale, zp = asym_qparams(lo, hi, bits)
+        self.grids[bits] = (scale, zp)
+        self._cache.clear()
+        return scale
+
+    def _quantize(self, w: torch.Tensor) -> torch.Tensor:
+        grid = self.grids.get(self.bits)
+        if grid is None:
+            return quantize_weight_with(w, self.bits, self.method)
+        scale, zp = grid
+        return fake_quantize(w, torch.clamp(scale, min=1e-12), zp, self.bits, axis=0)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         """Return the (fake-)quantized weight at the current bit-width.
@@ -49,21 +79,24 @@ class WeightQuantizer(nn.Module):
         """
         if self.bits == FLOAT_BITS:
             return w
-        if torch.is_grad_enabled() and w.requires_grad:
-            return quantize_weight_with(w, self.bits, self.method)  # calibration: STE, every call
-        key = (w.data_ptr(), w._version)
+        grid = self.grids.get(self.bits)
+        if torch.is_grad_enabled() and (w.requires_grad or (grid is not None and grid[0].requires_grad)):
+            return self._quantize(w)  # calibration: straight-through gradients, recomputed every call
+        # the cache is valid while neither the weight nor any frozen scale has changed in place
+        key = (w.data_ptr(), w._version, tuple((b, g[0]._version) for b, g in self.grids.items()))
         if key != self._cache_key:
             self._cache.clear()
             self._cache_key = key
         q = self._cache.get(self.bits)
         if q is None:
             with torch.no_grad():
-                q = quantize_weight_with(w.detach(), self.bits, self.method)
+                q = self._quantize(w.detach())
             self._cache[self.bits] = q
         return q
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, per_channel=True, symmetric=False, range={self.method}"
+        frozen = f", frozen grids for {sorted(self.grids)} bits" if self.grids else ""
+        return f"bits={self.bits}, per_channel=True, symmetric=False, range={self.method}{frozen}"
 
 
 class ActQuantizer(nn.Module):
