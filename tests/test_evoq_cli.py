@@ -30,3 +30,13 @@ def test_evoq_bad_budget(demo_only, capsys):
     assert main(["evoq", "--target-bits", "1.5", "--no-progress", "--iterations", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mixq: error:") and "infeasible" in err
+
+
+def test_evoq_with_calibration(demo_only, tmp_path):
+    out = tmp_path / "cal"
+    argv = ["evoq", "--iterations", "5", "--samples", "8", "--n-test", "50", "--calib-epochs", "2",
+            "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    r = json.loads((out / "result.json").read_text())
+    assert r["calibration"]["epochs"] == 2 and r["calibration"]["learn_scale"]
+    assert 0 <= r["quant_top1"] <= 100 and (out / "calibrated.pt").exists()

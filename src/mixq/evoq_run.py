@@ -3,7 +3,8 @@
 This is what ``mixq evoq`` calls; scripts and notebooks can call :func:`run_evoq` directly.
 Artefacts in the output folder: ``config.json`` (the BitConfig), ``result.json``, ``report.md``,
 ``fitness.png``, ``bits.png``, ``sensitivity.png``, ``sensitivity.json/.csv`` and
-``search_state.json`` (the resumable search checkpoint).
+``search_state.json`` (the resumable search checkpoint) and ``calibrated.pt`` (the calibrated
+folded weights and learned weight grids, a plain tensor dict for ``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
@@ -145,7 +146,10 @@ def run_evoq(task: Task, options: RunOptions, config: EvoQConfig, out: str | os.
         record["quant_top1"] = task.top1(qm, progress=options.progress, desc="calibrated")
         record["calibration"] = {**asdict(ccfg), "seconds": cal.seconds, "loss_initial": cal.initial_loss,
                                  "loss_final": cal.final_loss}
-        torch.save(qm.model.state_dict(), out / "calibrated_state_dict.pt")
+        # calibrated float weights and the learned weight grids (loadable with weights_only=True)
+        grids = {n: {str(b): {"scale": g[0].detach(), "zero_point": g[1]}
+                     for b, g in m.weight_quantizer.grids.items()} for n, m in qm.layers.items()}
+        torch.save({"state_dict": qm.model.state_dict(), "weight_grids": grids}, out / "calibrated.pt")
     else:
         record["quant_top1"] = search_top1
     record["total_seconds"] = time.perf_counter() - t_start
