@@ -108,6 +108,8 @@ def test_sgd_and_output_only(setup):
         {"optimizer": "rmsprop"},
         {"weight_decay": -1e-4},
         {"features": "blocks?"},
+        {"grid_init": "percentile"},
+        {"schedule": "step"},
     ],
 )
 def test_bad_config_raises(kwargs):

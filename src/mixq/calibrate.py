@@ -72,6 +72,7 @@ from tqdm.auto import tqdm
 from mixq.errors import MixqError
 from mixq.quant.model import QuantModel
 from mixq.quant.primitives import FLOAT_BITS
+from mixq.quant.ranges import get_range_method
 
 OPTIMIZERS = ("sgd", "adam")
 FEATURES = ("layers", "output")
@@ -117,6 +118,8 @@ class CalibrationConfig:
         train_bias: also train the (float) biases of the quantized layers.
         learn_scale: freeze each layer's weight grid at its current range and learn the per-channel
             scale with the weights (straight-through gradients, LSQ-style); the learned grid is kept.
+        grid_init: range method that initialises a learned grid (``"omse"``, ``"minmax"``, ``"aciq"``;
+            ``None`` = the layer's own range method).
         augment: at every step, show the calibration images randomly shifted (reflect-padded by 1/8 of
             the side, then cropped back) and flipped; the teacher is run on the same augmented images.
             Same samples, more views: it lets calibration run longer without over-fitting.
@@ -136,6 +139,7 @@ class CalibrationConfig:
     normalize_features: bool = True
     train_bias: bool = True
     learn_scale: bool = True
+    grid_init: str | None = "omse"
     augment: bool = True
     schedule: str = "cosine"
     seed: int = 0
@@ -168,6 +172,8 @@ class CalibrationConfig:
             raise bad("weight_decay", self.weight_decay, ">= 0")
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
+        if self.grid_init is not None:
+            get_range_method(self.grid_init)
         if self.schedule not in SCHEDULES:
             raise bad("schedule", self.schedule, f"one of {', '.join(SCHEDULES)}")
         if self.features not in FEATURES:
@@ -300,7 +306,7 @@ def calibrate(
         if config.learn_scale:
             for m in layers:
                 if m.weight_quantizer.bits != FLOAT_BITS:
-                    params.append(m.weight_quantizer.freeze_grid(m.weight))
+                    params.append(m.weight_quantizer.freeze_grid(m.weight, method=config.grid_init))
         for p in params:
             p.requires_grad_(True)
         if config.optimizer == "sgd":

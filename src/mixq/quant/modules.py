@@ -44,18 +44,19 @@ class WeightQuantizer(nn.Module):
         self._cache: dict[int, torch.Tensor] = {}
         self._cache_key: tuple | None = None
 
-    def freeze_grid(self, w: torch.Tensor, bits: int | None = None) -> torch.Tensor:
-        """Fix the grid of one bit-width at the one ``method`` gives for ``w`` now.
+    def freeze_grid(self, w: torch.Tensor, bits: int | None = None, method: str | None = None) -> torch.Tensor:
+        """Fix the grid of one bit-width at the one a range method gives for ``w`` now.
 
         Args:
             w: the float weight.
             bits: bit-width (default: the current one).
+            method: range method for the grid (default: this quantizer's ``method``).
 
         Returns:
             The scale tensor ``(C,)`` (make it a leaf with ``requires_grad_`` to learn it).
         """
         bits = self.bits if bits is None else bits
-        lo, hi = get_range_method(self.method)(w.detach(), bits)
+        lo, hi = get_range_method(method or self.method)(w.detach(), bits)
         scale, zp = asym_qparams(lo, hi, bits)
         self.grids[bits] = (scale, zp)
         self._cache.clear()
