@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mixq.bench.cli import add_bench_commands
 
     add_bench_commands(sub)
+    from mixq.cli_proxies import add_proxy_commands
+
+    add_proxy_commands(sub, _add_task_args, EPILOG_DATA)
     return parser
 
 

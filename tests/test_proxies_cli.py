@@ -1,0 +1,48 @@
+"""`mixq bench build` -> `mixq proxies score/rank` -> `mixq allocate`, on the embedded demo."""
+
+import json
+
+from mixq.cli import main
+
+
+def test_bench_proxies_allocate_pipeline(demo_only, tmp_path, capsys):
+    bench = tmp_path / "b.sqlite"
+    assert main(["bench", "build", str(bench), "--n", "5", "--n-test", "30", "--samples", "8",
+                 "--no-progress"]) == 0
+    jsonl = tmp_path / "b.jsonl"
+    assert main(["bench", "export", str(bench), "--out", str(jsonl)]) == 0
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(rows) == 5 and all("top1" in r and "bits" in r for r in rows)
+
+    scored = tmp_path / "s.jsonl"
+    assert main(["proxies", "score", "--proxy", "snip", "--configs", str(jsonl), "--out", str(scored),
+                 "--samples", "16", "--n-test", "10", "--proxy-batch", "16"]) == 0
+    out = [json.loads(line) for line in scored.read_text().splitlines()]
+    assert len(out) == 5 and all(isinstance(r["score"], float) for r in out)
+
+    capsys.readouterr()
+    assert main(["proxies", "rank", "--bench", str(bench), "--proxies", "bparams", "snip", "--sample", "4",
+                 "--proxy-batch", "16", "--json", str(tmp_path / "rank.json")]) == 0
+    text = capsys.readouterr().out
+    assert "bparams" in text and "kendall" in text
+    assert {r["proxy"] for r in json.loads((tmp_path / "rank.json").read_text())["results"]} == {"bparams", "snip"}
+
+    run = tmp_path / "alloc"
+    assert main(["allocate", "--proxy", "hawq-v3", "--target-bits", "3", "--samples", "16", "--n-test", "20",
+                 "--proxy-batch", "16", "--no-progress", "--out", str(run)]) == 0
+    r = json.loads((run / "result.json").read_text())
+    assert r["avg_bits"] <= 3 + 1e-9 and len(r["bits"]) == 20
+
+
+def test_bad_inputs(demo_only, tmp_path, capsys):
+    garbage = tmp_path / "g.sqlite"
+    garbage.write_bytes(b"not a database" * 50)
+    assert main(["proxies", "rank", "--bench", str(garbage)]) == 2
+    assert "mixq: error:" in capsys.readouterr().err
+    assert main(["allocate", "--target-bits", "1.0", "--samples", "8", "--n-test", "10", "--proxy", "bparams",
+                 "--no-progress"]) == 2
+    assert "budget" in capsys.readouterr().err
+    (tmp_path / "c.jsonl").write_text('{"bits": {"nope": 3}}\n')
+    assert main(["proxies", "score", "--proxy", "bparams", "--configs", str(tmp_path / "c.jsonl"),
+                 "--out", str(tmp_path / "o.jsonl"), "--samples", "8", "--n-test", "10"]) == 2
+    assert "unknown layer" in capsys.readouterr().err
