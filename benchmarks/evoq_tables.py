@@ -91,10 +91,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results/evoq_tables.jsonl")
     ap.add_argument("--markdown", action="store_true", help="only print the tables from --out")
+    ap.add_argument("--plot", help="only draw guided vs random best fitness per iteration (paper Fig. 5) to PNG")
     args = ap.parse_args()
     out = Path(args.out)
     if args.markdown:
         print(render(out))
+        return
+    if args.plot:
+        plot_mutations(out, args.plot)
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     done = _done(out)
@@ -124,6 +128,18 @@ def main() -> None:
         print(f"{table:8} {name:18} {row['label']:38} n={samples:<4} top1 {row['top1']:6.2f}"
               + (f" -> {row['top1_calibrated']:6.2f} calibrated" if "top1_calibrated" in row else "")
               + f"  {row['avg_bits']:.3f} bits {row['size_mb']:.4f} MB", flush=True)
+
+
+def plot_mutations(path: Path, png: str) -> None:
+    """Guided vs random mutation: best fitness per iteration, one panel line per (model, method)."""
+    from mixq.report import plot_fitness
+
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    hist = {}
+    for r in rows:
+        if r["table"] == "methods" and r["method"] in ("evoq-random", "evoq-guided") and "best_history" in r:
+            hist[f"{r['model']} {r['method']}"] = r["best_history"]
+    plot_fitness(hist, png, title="EvoQ: guided vs random mutation (x = iteration / 10)")
 
 
 def render(path: Path) -> str:
