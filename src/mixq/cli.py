@@ -143,10 +143,12 @@ def cmd_evoq(args: argparse.Namespace) -> int:
     task = _load_task(args)
     calibration = CalibrationConfig(
         epochs=args.calib_epochs, lr=args.calib_lr, alpha=args.calib_alpha, beta=args.calib_beta,
-        optimizer=args.calib_optimizer, augment=not args.calib_no_augment, seed=args.seed,
+        optimizer=args.calib_optimizer, augment=not args.calib_no_augment, batch_size=args.calib_batch_size,
+        seed=args.seed,
     )
     options = RunOptions(budget=budget, act_bits=args.act_bits, weight_range=args.weight_range,
-                         calibrate=not args.no_calibrate, calibration=calibration, progress=not args.no_progress)
+                         calibrate=not args.no_calibrate, calibration=calibration,
+                         evaluate_uniform=not args.no_uniform, progress=not args.no_progress)
     r = run_evoq(task, options, config, out)
     print(f"model      {r['model']}  ({r['n_test']} test images, {r['samples']} calibration samples, "
           f"seed {r['seed']})")
@@ -237,8 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the intermediate-feature MSE (default %(default)s)")
     c.add_argument("--calib-optimizer", choices=["adam", "sgd"], default=CALIB_DEFAULTS.optimizer,
                    help="optimizer; the paper uses sgd with momentum 0.9 (default %(default)s)")
+    c.add_argument("--calib-batch-size", type=int, default=CALIB_DEFAULTS.batch_size,
+                   help="samples per step; lower it to save memory on large models (default %(default)s)")
     c.add_argument("--calib-no-augment", action="store_true",
                    help="show the calibration images as they are (no random shifts/flips)")
+    p.add_argument("--no-uniform", action="store_true", help="skip evaluating the uniform-bit baseline")
     p.add_argument("--out", help="output folder (default runs/evoq-MODEL-BUDGET)")
     p.set_defaults(func=cmd_evoq)
 
