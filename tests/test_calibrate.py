@@ -162,3 +162,10 @@ def test_learned_scale_is_kept_and_used(setup):
     # other bit-widths still follow the weight's range
     qm.set_bits({"0": 8, "3": 4, "7": 3})
     torch.testing.assert_close(layer.quantized_weight(), quantize_weight(layer.weight, 4), atol=0, rtol=0)
+
+
+def test_augmented_teacher_does_not_keep_student_hooks(setup):
+    qm, x = setup
+    calibrate(qm, x, CalibrationConfig(epochs=2, augment=True, seed=0), progress=False)
+    # every hook the calibration added is gone (a leaked copy of them grew memory without bound)
+    assert all(not m._forward_hooks for m in qm.layers.values())

@@ -267,6 +267,9 @@ def calibrate(
     was_training = qm.training
     qm.eval()
 
+    # the augmentation teacher is copied before the student's hooks exist: a deep copy would carry them
+    # (and a copy of their store, which nobody empties)
+    teacher = copy.deepcopy(qm) if config.augment else None
     tap = _FeatureTap(layers) if use_feats else None
     params: list[nn.Parameter] = [m.weight for m in layers]
     if config.train_bias:
@@ -299,9 +302,7 @@ def calibrate(
             return total / n
 
         result.initial_loss = full_loss()
-        teacher, t_tap = None, None
-        if config.augment:  # a frozen float copy recomputes the targets on each augmented batch
-            teacher = copy.deepcopy(qm)
+        if teacher is not None:  # a frozen float copy recomputes the targets on each augmented batch
             t_tap = _FeatureTap([teacher.layers[name] for name in teacher.layer_names]) if use_feats else None
         if config.learn_scale:
             for m in layers:
