@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mixq.cli_proxies import add_proxy_commands
 
     add_proxy_commands(sub, _add_task_args, EPILOG_DATA)
+    from mixq.emq.cli import add_emq_commands
+
+    add_emq_commands(sub, _add_task_args, EPILOG_DATA)
     return parser
 
 

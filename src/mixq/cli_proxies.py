@@ -13,9 +13,10 @@ from mixq.errors import MixqError
 
 
 def _proxy_stats(task, qm, name: str, batch: int, seed: int):
-    from mixq.proxies import get_proxy, stats_for
+    from mixq.emq.proxy import resolve_proxy
+    from mixq.proxies import stats_for
 
-    proxy = get_proxy(name)
+    proxy = resolve_proxy(name)
     n = min(batch, task.calib.shape[0])
     y = task.calib_set.labels[:n] if proxy.needs_labels else None
     t0 = time.perf_counter()
@@ -146,7 +147,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     cfg = allocate_config(qm, costs, budget, bit_choices=args.bit_choices, max_bitops=max_bitops, x_shape=x_shape)
     qm.set_bits(cfg)
     progress = not args.no_progress
-    r = {"model": task.name, "proxy": args.proxy, "budget_avg_bits": args.target_bits,
+    r = {"model": task.name, "proxy": args.proxy, "proxy_name": proxy.name, "budget_avg_bits": args.target_bits,
          "budget_size_mb": args.size_mb, "max_gbitops": args.max_gbitops, "avg_bits": qm.avg_bits(),
          "size_mb": qm.size_mb(), "proxy_seconds": secs, "samples": int(task.calib.shape[0]), "seed": args.seed,
          "n_test": len(task.test), "fp32_top1": task.top1(task.model, progress=progress, desc="fp32"),
@@ -157,7 +158,8 @@ def cmd_allocate(args: argparse.Namespace) -> int:
         r["calibrated_top1"] = task.top1(qm, progress=progress, desc="calibrated")
     r["bits"] = dict(cfg.weights)
     r["versions"] = versions()
-    out = Path(args.out or f"runs/allocate-{args.proxy}-{args.target_bits or args.size_mb}")
+    label = "emq" if args.proxy.endswith(".json") else args.proxy
+    out = Path(args.out or f"runs/allocate-{label}-{args.target_bits or args.size_mb}")
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.json")
     (out / "result.json").write_text(json.dumps(r, indent=1))
@@ -195,7 +197,8 @@ def add_proxy_commands(sub: argparse._SubParsersAction, add_task_args, epilog: s
 
     p = psub.add_parser("score", help="score configurations from a JSON Lines file", epilog=epilog)
     add_task_args(p)
-    p.add_argument("--proxy", required=True, help="proxy name (see `mixq proxies list`)")
+    p.add_argument("--proxy", required=True,
+                   help="proxy name (see `mixq proxies list`) or an evolved genotype.json (mixq emq search)")
     p.add_argument("--configs", required=True, help="JSON Lines, one {\"bits\": {layer: bits}, ...} per line")
     p.add_argument("--out", required=True, help="output JSON Lines (input rows plus `score`)")
     p.add_argument("--proxy-batch", type=int, default=64, help="images for the proxy statistics")
@@ -204,12 +207,22 @@ def add_proxy_commands(sub: argparse._SubParsersAction, add_task_args, epilog: s
     p = sub.add_parser("allocate", help="ILP bit allocation from a proxy's per-layer costs (scipy milp)",
                        epilog=epilog)
     add_task_args(p)
-    p.add_argument("--proxy", default="hawq-v3", help="additive proxy for the costs (default %(default)s)")
+    p.add_argument("--proxy", default="hawq-v3",
+                   help="additive proxy for the costs, a registered name or a genotype.json (default %(default)s)")
+    add_allocate_args(p)
+    p.add_argument("--calibrate", action="store_true", help="also run feature calibration and report it")
+    p.set_defaults(func=cmd_allocate)
+
+
+def add_allocate_args(p: argparse.ArgumentParser) -> None:
+    """The budget and solver arguments shared by ``mixq allocate`` and ``mixq emq allocate``.
+
+    Args:
+        p: the parser.
+    """
     p.add_argument("--target-bits", type=float, help="average weight bits budget (default 3.0)")
     p.add_argument("--size-mb", type=float, help="weight size budget in MB")
     p.add_argument("--max-gbitops", type=float, help="BitOps budget per sample, in GBitOps")
     p.add_argument("--bit-choices", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7, 8])
     p.add_argument("--proxy-batch", type=int, default=64, help="images for the proxy statistics")
-    p.add_argument("--calibrate", action="store_true", help="also run feature calibration and report it")
     p.add_argument("--out", help="output folder (default runs/allocate-PROXY-BUDGET)")
-    p.set_defaults(func=cmd_allocate)

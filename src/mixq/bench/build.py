@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from mixq.bench.sampling import DEFAULT_CHOICES, MODES, sample_configs
 from mixq.bench.store import MQBench, utc_now
 from mixq.errors import MixqError
+from mixq.evaluate import accuracy
 from mixq.models import get_model_spec, sha256_file
 from mixq.provenance import versions
 from mixq.quant.model import QuantModel
@@ -48,6 +50,7 @@ QUANTIZER: dict[str, Any] = {
     "act_bits": ACT_BITS,
     "bn": "folded",
     "ptq": "none (no reconstruction)",
+    "layout": "channels_last",
 }
 
 
@@ -77,10 +80,21 @@ def checkpoint_sha256(
     return sha256_file(path), Path(path).name
 
 
+def _channels_last(batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for x, y in batches:
+        yield (x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x), y
+
+
 def _evaluate(qm: QuantModel, task: Task, bits: Sequence[int], batch_size: int) -> float:
-    """Quantized top-1 of one configuration (the seam tests monkeypatch)."""
+    """Quantized top-1 of one configuration (the seam tests monkeypatch).
+
+    The model and its inputs are in channels-last layout (oneDNN's fast path on CPU, 1.6x faster on
+    ResNet-20). Float sums then run in another order than in ``mixq eval``'s default layout, so a label
+    can differ from ``mixq eval``'s top-1 of the same configuration by a few images in 10,000.
+    """
     qm.set_bits_tuple(tuple(bits))
-    return task.top1(qm, batch_size=batch_size, progress=False)
+    with torch.inference_mode():
+        return accuracy(qm, _channels_last(task.test_batches(batch_size)), progress=False)
 
 
 def _settings(
@@ -174,6 +188,7 @@ def build_benchmark(
         task = load_task(model, samples=samples, seed=seed, data_root=data_root, model_root=model_root,
                          n_test=n_test, checkpoint=checkpoint)
         qm = QuantModel(task.model, calib=task.calib, act_bits=ACT_BITS, weight_range=WEIGHT_RANGE)
+        qm.to(memory_format=torch.channels_last)  # see _evaluate
         sha, ckpt_name = checkpoint_sha256(model, model_root, checkpoint)
         data = {"dataset": task.dataset, "split": getattr(task.test, "split", "test"), "n_test": n_test,
                 "n_images": len(task.test)}

@@ -96,6 +96,32 @@ class LayerStats:
     seconds: float = 0.0
 
 
+def check_batch(x: torch.Tensor, y: torch.Tensor | None, labels_for: str | None) -> torch.Tensor | None:
+    """Validate one mini-batch for statistics.
+
+    Args:
+        x: input batch ``(N, C, H, W)``.
+        y: labels ``(N,)`` or None.
+        labels_for: who needs the labels (for the error message), or None when they are not needed.
+
+    Returns:
+        ``y`` as int64 when needed, else ``y`` unchanged.
+
+    Raises:
+        MixqError: empty / non-float input, or missing / mis-shaped labels when needed.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] == 0 or not x.is_floating_point():
+        raise MixqError("statistics need a non-empty float input batch (N, C, H, W)")
+    if labels_for is None:
+        return y
+    if y is None:
+        raise MixqError(f"{labels_for} needs labels: pass y (the mini-batch's class indices)")
+    y = torch.as_tensor(y).long()
+    if y.shape != (x.shape[0],):
+        raise MixqError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    return y
+
+
 def layer_modules(model: nn.Module, layer_names: Sequence[str]) -> list[nn.Module]:
     """Resolve layer names to Conv2d / Linear modules (QuantModel names are those of ``qm.layer_names``).
 
@@ -224,14 +250,7 @@ class Proxy:
         Raises:
             MixqError: missing labels, bad input or unknown layers.
         """
-        if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] == 0 or not x.is_floating_point():
-            raise MixqError("proxy statistics need a non-empty float input batch (N, C, H, W)")
-        if self.needs_labels:
-            if y is None:
-                raise MixqError(f"proxy {self.name!r} needs labels: pass y (the mini-batch's class indices)")
-            y = torch.as_tensor(y).long()
-            if y.shape != (x.shape[0],):
-                raise MixqError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+        y = check_batch(x, y, f"proxy {self.name!r}" if self.needs_labels else None)
         modules = layer_modules(model, layer_names)
         t0 = time.perf_counter()
         with prepared(model, modules, self.needs_grad):

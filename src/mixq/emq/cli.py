@@ -1,0 +1,95 @@
+"""``mixq emq search`` and ``mixq emq allocate``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def cmd_emq_search(args: argparse.Namespace) -> int:
+    """Search a proxy formula on a benchmark and compare it with the hand-crafted proxies."""
+    from mixq.emq.run import comparison_table, emq_search
+    from mixq.emq.search import EMQConfig
+
+    config = EMQConfig(candidates=args.candidates, population=args.population, structures=tuple(args.structures),
+                       metric=args.metric, train_fraction=args.train_fraction, seed=args.seed,
+                       proxy_batch=args.proxy_batch, hessian_samples=args.hessian_samples)
+    r = emq_search(args.bench, args.out, config, data_root=args.data_root, model_root=args.model_root,
+                   baselines=False if args.no_baselines else (args.baselines or True), progress=not args.no_progress)
+    s = r["screening"]
+    print(f"best formula: {r['formula']}")
+    print(f"train {config.metric} {r['train_fitness']:.3f}; {s['candidates']} candidates in "
+          f"{r['search_seconds']:.0f} s, screened {s['screened']} ({100 * s['rate']:.1f} %)")
+    print(f"held-out ({r['split']['heldout']} configurations):")
+    print(comparison_table(r))
+    print(f"wrote {args.out}/genotype.json, formula.txt, history.json, fitness.png, result.json, report.md")
+    return 0
+
+
+def cmd_emq_allocate(args: argparse.Namespace) -> int:
+    """ILP allocation with an evolved formula, then evaluation (and calibration unless --no-calibrate)."""
+    from mixq.cli_proxies import cmd_allocate
+
+    args.calibrate = not args.no_calibrate
+    return cmd_allocate(args)
+
+
+def add_emq_commands(
+    sub: argparse._SubParsersAction, add_task_args: Callable[[argparse.ArgumentParser], None], epilog: str
+) -> None:
+    """Register ``mixq emq search|allocate``.
+
+    Args:
+        sub: the main parser's subparsers.
+        add_task_args: the shared model/data argument adder.
+        epilog: the shared data-location epilog.
+    """
+    from mixq.cli_proxies import add_allocate_args
+    from mixq.emq.genotype import STRUCTURES
+    from mixq.emq.search import METRICS, EMQConfig
+
+    d = EMQConfig()
+    pe = sub.add_parser("emq", help="EMQ: evolve a proxy formula on a benchmark, allocate bits with it",
+                        description="EMQ: evolutionary search of training-free proxy formulas (genotypes) scored "
+                                    "by rank correlation with a benchmark's accuracies, and ILP bit allocation "
+                                    "with the winner.")
+    esub = pe.add_subparsers(dest="emq_command", metavar="ACTION", required=True)
+    p = esub.add_parser(
+        "search", epilog=epilog,
+        help="evolve a proxy formula on a benchmark's training split; report it on the held-out split",
+        description="Evolve a proxy formula (tree: two sources, two unary operations each, one binary operation, "
+                    "a reduction, a bit-aware aggregation). Fitness is the rank correlation with top-1 on a "
+                    "seeded training split of the benchmark; the report gives every metric on the held-out "
+                    "split beside every hand-crafted proxy. Rerunning with the same --out resumes.")
+    p.add_argument("--bench", required=True, help="benchmark file (mixq bench build)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--candidates", type=int, default=d.candidates, help="formulas to draw (default %(default)s)")
+    p.add_argument("--population", type=int, default=d.population, help="population size (default %(default)s)")
+    p.add_argument("--structures", nargs="+", choices=sorted(STRUCTURES), default=list(d.structures),
+                   help="genotype structures (default %(default)s)")
+    p.add_argument("--metric", choices=METRICS, default=d.metric, help="fitness correlation (default %(default)s)")
+    p.add_argument("--train-fraction", type=float, default=d.train_fraction,
+                   help="share of the benchmark used for fitness (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of split, search and sources (default %(default)s)")
+    p.add_argument("--proxy-batch", type=int, default=d.proxy_batch,
+                   help="labelled calibration images for the sources (default %(default)s)")
+    p.add_argument("--hessian-samples", type=int, default=d.hessian_samples,
+                   help="Rademacher vectors of the Hessian diagonal (default %(default)s)")
+    p.add_argument("--baselines", nargs="+", metavar="PROXY",
+                   help="hand-crafted proxies to rank beside the evolved one (default: all registered)")
+    p.add_argument("--no-baselines", action="store_true", help="skip ranking the hand-crafted proxies")
+    p.add_argument("--data-root")
+    p.add_argument("--model-root")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_emq_search)
+
+    p = esub.add_parser("allocate", epilog=epilog,
+                        help="ILP bit allocation with an evolved proxy, then calibration and evaluation",
+                        description="Choose one bit-width per layer with scipy.optimize.milp on the evolved "
+                                    "formula's per-layer gains, evaluate on the test split beside FP32, then "
+                                    "run EvoQ's feature calibration and evaluate again.")
+    add_task_args(p)
+    p.add_argument("--proxy", required=True, help="genotype.json written by `mixq emq search` (or a proxy name)")
+    add_allocate_args(p)
+    p.add_argument("--no-calibrate", action="store_true", help="skip the feature calibration")
+    p.set_defaults(func=cmd_emq_allocate)

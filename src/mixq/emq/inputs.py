@@ -1,0 +1,239 @@
+"""Per-layer input sources of EMQ proxy formulas, computed once per model and reused by every candidate.
+
+Sources (one tensor per weight layer ``l``):
+
+==========  ======================================================================  ===========
+name        what                                                                    labels
+==========  ======================================================================  ===========
+``act``     the layer's output on the mini-batch (forward hook), ``(N, C, H, W)``    no
+``grad``    weight gradient of the mean cross-entropy of the labelled mini-batch     yes
+``weight``  the (BN-folded) float weight                                            no
+``hessian`` Hutchinson estimate of the Hessian diagonal, ``mean_s v * (H v)``       yes
+``vgrad``   "virtual gradient": weight gradient of ``sum(logits)`` for one           no
+            all-ones input (label- and data-free)
+``qerror``  weight quantization error ``Q_b(W) - W`` at the configuration's bits     no
+==========  ======================================================================  ===========
+
+``qerror`` is the bit-dependent source: a formula that reads it has a per-layer value for every
+bit-width, which makes the proxy bit-aware beyond the final aggregation. All tensors are float32 and
+detached.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mixq.errors import MixqError
+from mixq.proxies.base import check_batch, layer_modules, prepared, weight_at_bits
+from mixq.proxies.hessian import _grads_with_graph, _rademacher, hessian_vector_product
+from mixq.quant.primitives import FLOAT_BITS
+
+SOURCES: dict[str, str] = {
+    "act": "A",
+    "grad": "G",
+    "weight": "W",
+    "hessian": "H",
+    "vgrad": "V",
+    "qerror": "Q",
+}
+"""Source name -> the symbol printed in formulas."""
+
+LABELLED = frozenset({"grad", "hessian"})
+BIT_DEPENDENT = frozenset({"qerror"})
+
+
+@dataclass
+class FormulaInputs:
+    """The per-layer tensors formulas read.
+
+    Attributes:
+        layer_names: layers in column order.
+        tensors: source name -> one tensor per layer (bit-independent sources).
+        weights: the float weights (for ``qerror``).
+        range_methods: each layer's weight range method, for ``qerror``.
+        seconds: source name -> wall time of computing it.
+        qerror_cache: (layer, bits) -> ``Q_b(W) - W``, filled on demand.
+    """
+
+    layer_names: tuple[str, ...]
+    tensors: dict[str, list[torch.Tensor]]
+    weights: list[torch.Tensor]
+    modules: list[nn.Module] = field(repr=False, default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    qerror_cache: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Available source names."""
+        return tuple(self.tensors) + ("qerror",)
+
+    def get(self, source: str, layer: int, bits: int | None = None) -> torch.Tensor:
+        """One source tensor of one layer.
+
+        Args:
+            source: source name.
+            layer: layer position.
+            bits: weight bits (``qerror`` only).
+
+        Returns:
+            The tensor (do not modify it).
+        """
+        if source == "qerror":
+            if bits is None:
+                raise MixqError("source 'qerror' needs a bit-width")
+            key = (layer, int(bits))
+            t = self.qerror_cache.get(key)
+            if t is None:
+                w = self.weights[layer]
+                if bits == FLOAT_BITS:
+                    t = torch.zeros_like(w)
+                else:
+                    t = (weight_at_bits(self.modules[layer], int(bits)) - w).float()
+                self.qerror_cache[key] = t
+            return t
+        try:
+            return self.tensors[source][layer]
+        except KeyError:
+            raise MixqError(f"formula source {source!r} was not computed; available: {self.sources}") from None
+
+    def shape(self, source: str, layer: int) -> tuple[int, ...]:
+        """Shape of a source tensor (``qerror`` has the weight's shape).
+
+        Args:
+            source: source name.
+            layer: layer position.
+
+        Returns:
+            The shape.
+        """
+        if source == "qerror":
+            return tuple(self.weights[layer].shape)
+        return tuple(self.get(source, layer).shape)
+
+
+def compute_inputs(
+    model: nn.Module,
+    layer_names: Sequence[str],
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    sources: Sequence[str] = tuple(SOURCES),
+    hessian_samples: int = 16,
+    act_samples: int = 32,
+    seed: int = 0,
+) -> FormulaInputs:
+    """Compute the requested sources from one mini-batch.
+
+    Args:
+        model: float model or :class:`~mixq.quant.model.QuantModel` (run in float mode on its folded weights).
+        layer_names: weight layers, in column order.
+        x: normalised input mini-batch ``(N, C, H, W)``.
+        y: labels ``(N,)`` (needed for ``grad`` and ``hessian``).
+        sources: which sources to compute (``qerror`` is always available, computed on demand).
+        hessian_samples: Rademacher vectors of the Hessian-diagonal estimate.
+        act_samples: images whose activations are kept (memory; the first ones of ``x``).
+        seed: seed of the Rademacher vectors.
+
+    Returns:
+        The :class:`FormulaInputs`.
+
+    Raises:
+        MixqError: unknown source, missing labels, or bad input.
+    """
+    unknown = sorted(set(sources) - set(SOURCES))
+    if unknown:
+        raise MixqError(f"unknown formula source(s) {unknown}; expected some of {list(SOURCES)}")
+    labelled = sorted(LABELLED & set(sources))
+    y = check_batch(x, y, f"formula sources {labelled}" if labelled else None)
+    modules = layer_modules(model, layer_names)
+    tensors: dict[str, list[torch.Tensor]] = {}
+    seconds: dict[str, float] = {}
+    with prepared(model, modules, weight_grad=True):
+        weights = [m.weight for m in modules]
+        if "weight" in sources:
+            tensors["weight"] = [w.detach().float().clone() for w in weights]
+        if "act" in sources:
+            t0 = time.perf_counter()
+            store: list[torch.Tensor | None] = [None] * len(modules)
+            handles = [m.register_forward_hook(_keep_first(store, i)) for i, m in enumerate(modules)]
+            try:
+                with torch.no_grad():
+                    model(x[:act_samples])
+            finally:
+                for h in handles:
+                    h.remove()
+            tensors["act"] = [_checked(t, layer_names[i]) for i, t in enumerate(store)]
+            seconds["act"] = time.perf_counter() - t0
+        if "grad" in sources or "hessian" in sources:
+            t0 = time.perf_counter()
+            loss = F.cross_entropy(model(x), y)
+            grads = _grads_with_graph(loss, weights)
+            if "grad" in sources:
+                tensors["grad"] = [g.detach().float().clone() for g in grads]
+                seconds["grad"] = time.perf_counter() - t0
+            if "hessian" in sources:
+                t0 = time.perf_counter()
+                tensors["hessian"] = _hessian_diagonal(weights, grads, hessian_samples, seed)
+                seconds["hessian"] = time.perf_counter() - t0
+            del grads, loss
+        if "vgrad" in sources:
+            t0 = time.perf_counter()
+            ones = torch.ones((1, *x.shape[1:]), dtype=x.dtype, device=x.device)
+            vg = torch.autograd.grad(model(ones).sum(), weights, allow_unused=True)
+            tensors["vgrad"] = [torch.zeros_like(w).detach() if g is None else g.detach().float()
+                                for g, w in zip(vg, weights)]
+            seconds["vgrad"] = time.perf_counter() - t0
+        float_weights = [w.detach().float().clone() for w in weights]
+    return FormulaInputs(tuple(layer_names), tensors, float_weights, modules, seconds)
+
+
+def _keep_first(store: list, i: int):
+    def hook(mod, args, out):
+        if store[i] is None:
+            store[i] = out.detach().float()
+    return hook
+
+
+def _checked(t: torch.Tensor | None, name: str) -> torch.Tensor:
+    if t is None:
+        raise MixqError(f"layer {name!r} did not run in the forward pass; it cannot be scored")
+    return t
+
+
+def _hessian_diagonal(
+    weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], n_samples: int, seed: int
+) -> list[torch.Tensor]:
+    """``diag(H) ~ mean_s v_s * (H v_s)`` with Rademacher ``v_s`` (Bekas et al. 2007), per weight tensor."""
+    if n_samples < 1:
+        raise MixqError(f"hessian_samples must be >= 1, got {n_samples}")
+    gen = torch.Generator().manual_seed(seed)
+    acc = [torch.zeros_like(w, dtype=torch.float64) for w in weights]
+    for _ in range(n_samples):
+        v = [_rademacher(w, gen) for w in weights]
+        hv = hessian_vector_product(None, weights, v, grads=grads)
+        for a, vi, h in zip(acc, v, hv):
+            a += (vi * h).double()
+    return [(a / n_samples).float().detach() for a in acc]
+
+
+def source_summary(inputs: FormulaInputs) -> dict[str, object]:
+    """Shapes and timings of the computed sources (for result files).
+
+    Args:
+        inputs: computed inputs.
+
+    Returns:
+        JSON-ready dict.
+    """
+    return {
+        "layers": len(inputs.layer_names),
+        "sources": list(inputs.sources),
+        "seconds": {k: round(v, 4) for k, v in inputs.seconds.items()},
+        "elements": {k: int(np.sum([t.numel() for t in ts])) for k, ts in inputs.tensors.items()},
+    }

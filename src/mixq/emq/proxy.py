@@ -1,0 +1,101 @@
+"""An evolved formula as a :class:`~mixq.proxies.base.Proxy`, so ranking, scoring and the ILP take it as-is.
+
+    proxy = FormulaProxy(Genotype.load("runs/emq/genotype.json"))
+    stats = stats_for(qm, proxy, x, y)
+    proxy.score(stats, bits); proxy.layer_costs(stats, [2, 3, 4])
+
+:func:`resolve_proxy` turns a command-line ``--proxy`` value into a proxy: a registered name, or the
+path of a genotype file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixq.emq.genotype import Genotype
+from mixq.emq.inputs import compute_inputs
+from mixq.emq.interpret import check_shapes, gain_table, layer_values
+from mixq.errors import MixqError
+from mixq.proxies.base import BITS, Proxy, bit_columns
+from mixq.proxies.registry import get_proxy
+
+
+class FormulaProxy(Proxy):
+    """A proxy defined by an EMQ genotype (additive over layers).
+
+    Args:
+        genotype: the formula.
+        hessian_samples: Rademacher vectors of the Hessian-diagonal source.
+        act_samples: images kept for the activation source.
+    """
+
+    additive = True
+
+    def __init__(self, genotype: Genotype, hessian_samples: int = 16, act_samples: int = 32) -> None:
+        self.genotype = genotype
+        self.hessian_samples = hessian_samples
+        self.act_samples = act_samples
+        self.name = "emq:" + genotype.formula()
+        self.needs_labels = genotype.needs_labels
+        self.needs_grad = True
+
+    def _compute(self, model, modules, x, y, seed):  # noqa: D102
+        names = _names(model, modules)
+        sources = sorted(set(self.genotype.inputs) - {"qerror"})
+        inputs = compute_inputs(model, names, x, y, sources=sources, hessian_samples=self.hessian_samples,
+                                act_samples=self.act_samples, seed=seed)
+        from mixq.emq.interpret import FormulaError
+
+        try:
+            check_shapes(self.genotype, inputs)
+        except FormulaError as exc:
+            raise MixqError(f"the formula cannot run on this model: {exc}") from None
+        values = layer_values(self.genotype, inputs, BITS)
+        gains = gain_table(self.genotype, values, BITS)
+        # the float column (32 bits) may be undefined (e.g. log of a zero quantization error): NaN there
+        # makes scoring a float layer an error instead of a silent wrong number.
+        return gains, {"values": values}
+
+    def score(self, stats, bits) -> np.ndarray:  # noqa: D102
+        scores = super().score(stats, bits)
+        if not np.all(np.isfinite(scores)):
+            raise MixqError(f"proxy {self.name!r} is undefined (NaN/inf) for some of these bit-widths")
+        return scores
+
+    def layer_costs(self, stats, bit_choices) -> np.ndarray:  # noqa: D102
+        costs = super().layer_costs(stats, bit_choices)
+        if not np.all(np.isfinite(costs)):
+            cols = bit_columns(np.asarray(list(bit_choices)))
+            bad = sorted({BITS[c] for c in cols if not np.all(np.isfinite(stats.gains[:, c]))})
+            raise MixqError(f"proxy {self.name!r} is undefined at bit-width(s) {bad}; choose other --bit-choices")
+        return costs
+
+
+def _names(model, modules) -> list[str]:
+    from mixq.quant.model import QuantModel
+
+    root = model.model if isinstance(model, QuantModel) else model
+    lookup = {id(m): n for n, m in root.named_modules()}
+    return [lookup[id(m)] for m in modules]
+
+
+def resolve_proxy(spec: str, **options: Any) -> Proxy:
+    """A proxy from a registered name or a genotype file path.
+
+    Args:
+        spec: registry name (``mixq proxies list``) or path of a ``genotype.json``.
+        **options: constructor options of a registered proxy.
+
+    Returns:
+        The proxy.
+
+    Raises:
+        MixqError: neither a registered proxy nor a readable genotype file.
+    """
+    if spec.endswith(".json") or os.sep in spec or Path(spec).is_file():
+        return FormulaProxy(Genotype.load(spec))
+    return get_proxy(spec, **options)
