@@ -186,6 +186,19 @@ def test_gradient_and_virtual_gradient_sources(mlp):
     assert not any(p.requires_grad is False for p in model.parameters())  # left as it was
 
 
+def test_output_error_source_matches_hand_computation(mlp):
+    from mixq.quant.ranges import quantize_weight_with
+
+    model, x, y = mlp
+    inp = compute_inputs(model, ["fc1", "fc2"], x, None, sources=["oerror"], act_samples=8)
+    assert "oerror" in inp.sources and "qerror" in inp.sources
+    w = model.fc2.weight.detach()
+    h = torch.tanh(model.fc1(x[:8])).detach()
+    want = h @ (quantize_weight_with(w, 3, "minmax") - w).T
+    assert torch.allclose(inp.get("oerror", 1, 3).double(), want, atol=1e-5)
+    assert inp.shape("oerror", 1) == (8, 3) and inp.get("oerror", 1, 32).abs().max() == 0
+
+
 def test_labels_required_for_grad_sources(mlp):
     model, x, _ = mlp
     with pytest.raises(MixqError, match="needs labels"):

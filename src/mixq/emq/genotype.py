@@ -6,7 +6,7 @@ Two structures:
   by one binary operation, reduced to one scalar per layer;
 * ``linear``: one source through a chain of four unary operations, reduced to one scalar per layer.
 
-The per-layer scalar ``s_l`` (``s_lb`` when the formula reads the bit-dependent ``qerror`` source) is then
+The per-layer scalar ``s_l`` (``s_lb`` when the formula reads a bit-dependent source) is then
 aggregated with the layer's bit-width: ``S(b) = sign * sum_l agg(s_l b_l, b_l)`` (see
 :data:`mixq.emq.ops.AGGREGATE`). Higher ``S`` predicts higher accuracy.
 
@@ -92,7 +92,7 @@ class Genotype:
     # ----------------------------------------------------------------- properties
     @property
     def bit_dependent(self) -> bool:
-        """Whether the per-layer value depends on the bit-width (reads ``qerror``)."""
+        """Whether the per-layer value depends on the bit-width (reads ``qerror`` or ``oerror``)."""
         return any(s in BIT_DEPENDENT for s in self.inputs)
 
     @property

@@ -12,11 +12,14 @@ name        what                                                                
 ``vgrad``   "virtual gradient": weight gradient of ``sum(logits)`` for one           no
             all-ones input (label- and data-free)
 ``qerror``  weight quantization error ``Q_b(W) - W`` at the configuration's bits     no
+``oerror``  the layer's output error from quantizing its weight alone,             no
+            ``f(x; Q_b(W)) - f(x; W)`` on the layer's recorded float input
 ==========  ======================================================================  ===========
 
-``qerror`` is the bit-dependent source: a formula that reads it has a per-layer value for every
-bit-width, which makes the proxy bit-aware beyond the final aggregation. All tensors are float32 and
-detached.
+``qerror`` and ``oerror`` are the bit-dependent sources: a formula that reads one has a per-layer value
+for every bit-width, which makes the proxy bit-aware beyond the final aggregation. ``oerror`` goes
+beyond EMQ's published source list (it costs one layer call per layer and bit-width, no extra forward
+pass). All tensors are float32 and detached.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixq.errors import MixqError
-from mixq.proxies.base import check_batch, layer_modules, prepared, weight_at_bits
+from mixq.proxies.base import check_batch, layer_forward, layer_modules, prepared, weight_at_bits
 from mixq.proxies.hessian import _grads_with_graph, _rademacher, hessian_vector_product
 from mixq.quant.primitives import FLOAT_BITS
 
@@ -42,11 +45,12 @@ SOURCES: dict[str, str] = {
     "hessian": "H",
     "vgrad": "V",
     "qerror": "Q",
+    "oerror": "E",
 }
 """Source name -> the symbol printed in formulas."""
 
 LABELLED = frozenset({"grad", "hessian"})
-BIT_DEPENDENT = frozenset({"qerror"})
+BIT_DEPENDENT = frozenset({"qerror", "oerror"})
 
 
 @dataclass
@@ -57,22 +61,24 @@ class FormulaInputs:
         layer_names: layers in column order.
         tensors: source name -> one tensor per layer (bit-independent sources).
         weights: the float weights (for ``qerror``).
-        range_methods: each layer's weight range method, for ``qerror``.
+        modules: the layers (their range method quantizes ``qerror`` / ``oerror`` weights).
+        layer_inputs: each layer's recorded float input (for ``oerror``), or None when not recorded.
         seconds: source name -> wall time of computing it.
-        qerror_cache: (layer, bits) -> ``Q_b(W) - W``, filled on demand.
+        cache: (source, layer, bits) -> bit-dependent tensor, filled on demand.
     """
 
     layer_names: tuple[str, ...]
     tensors: dict[str, list[torch.Tensor]]
     weights: list[torch.Tensor]
     modules: list[nn.Module] = field(repr=False, default_factory=list)
+    layer_inputs: list[torch.Tensor] | None = field(repr=False, default=None)
     seconds: dict[str, float] = field(default_factory=dict)
-    qerror_cache: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    cache: dict[tuple[str, int, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def sources(self) -> tuple[str, ...]:
         """Available source names."""
-        return tuple(self.tensors) + ("qerror",)
+        return tuple(self.tensors) + ("qerror",) + (("oerror",) if self.layer_inputs is not None else ())
 
     def get(self, source: str, layer: int, bits: int | None = None) -> torch.Tensor:
         """One source tensor of one layer.
@@ -85,23 +91,30 @@ class FormulaInputs:
         Returns:
             The tensor (do not modify it).
         """
-        if source == "qerror":
+        if source in BIT_DEPENDENT:
             if bits is None:
-                raise MixqError("source 'qerror' needs a bit-width")
-            key = (layer, int(bits))
-            t = self.qerror_cache.get(key)
+                raise MixqError(f"source {source!r} needs a bit-width")
+            key = (source, layer, int(bits))
+            t = self.cache.get(key)
             if t is None:
-                w = self.weights[layer]
-                if bits == FLOAT_BITS:
-                    t = torch.zeros_like(w)
-                else:
-                    t = (weight_at_bits(self.modules[layer], int(bits)) - w).float()
-                self.qerror_cache[key] = t
+                t = self._bit_dependent(source, layer, int(bits))
+                self.cache[key] = t
             return t
         try:
             return self.tensors[source][layer]
         except KeyError:
             raise MixqError(f"formula source {source!r} was not computed; available: {self.sources}") from None
+
+    def _bit_dependent(self, source: str, layer: int, bits: int) -> torch.Tensor:
+        m, w = self.modules[layer], self.weights[layer]
+        if source == "oerror" and self.layer_inputs is None:
+            raise MixqError("source 'oerror' was not computed (pass it in sources)")
+        with torch.no_grad():
+            wq = w if bits == FLOAT_BITS else weight_at_bits(m, bits).float()
+            if source == "qerror":
+                return wq - w
+            x = self.layer_inputs[layer]
+            return layer_forward(m, x, wq.to(x.dtype)).float() - layer_forward(m, x, w.to(x.dtype)).float()
 
     def shape(self, source: str, layer: int) -> tuple[int, ...]:
         """Shape of a source tensor (``qerror`` has the weight's shape).
@@ -115,7 +128,19 @@ class FormulaInputs:
         """
         if source == "qerror":
             return tuple(self.weights[layer].shape)
+        if source == "oerror":
+            return tuple(self.out_shapes[layer])
         return tuple(self.get(source, layer).shape)
+
+    @property
+    def out_shapes(self) -> list[tuple[int, ...]]:
+        """Output shape of each layer on the recorded inputs (``oerror`` shapes)."""
+        if self.layer_inputs is None:
+            raise MixqError("source 'oerror' was not computed (pass it in sources)")
+        if not hasattr(self, "_out_shapes"):
+            self._out_shapes = [tuple(self._bit_dependent("oerror", i, FLOAT_BITS).shape)
+                                for i in range(len(self.layer_names))]
+        return self._out_shapes
 
 
 def compute_inputs(
@@ -135,7 +160,8 @@ def compute_inputs(
         layer_names: weight layers, in column order.
         x: normalised input mini-batch ``(N, C, H, W)``.
         y: labels ``(N,)`` (needed for ``grad`` and ``hessian``).
-        sources: which sources to compute (``qerror`` is always available, computed on demand).
+        sources: which sources to compute (``qerror`` is always available; bit-dependent sources are
+            computed on demand, per bit-width).
         hessian_samples: Rademacher vectors of the Hessian-diagonal estimate.
         act_samples: images whose activations are kept (memory; the first ones of ``x``).
         seed: seed of the Rademacher vectors.
@@ -158,17 +184,22 @@ def compute_inputs(
         weights = [m.weight for m in modules]
         if "weight" in sources:
             tensors["weight"] = [w.detach().float().clone() for w in weights]
-        if "act" in sources:
+        layer_inputs = None
+        if "act" in sources or "oerror" in sources:
             t0 = time.perf_counter()
-            store: list[torch.Tensor | None] = [None] * len(modules)
-            handles = [m.register_forward_hook(_keep_first(store, i)) for i, m in enumerate(modules)]
+            outs: list[torch.Tensor | None] = [None] * len(modules)
+            ins: list[torch.Tensor | None] = [None] * len(modules)
+            handles = [m.register_forward_hook(_keep_first(outs, ins, i)) for i, m in enumerate(modules)]
             try:
                 with torch.no_grad():
                     model(x[:act_samples])
             finally:
                 for h in handles:
                     h.remove()
-            tensors["act"] = [_checked(t, layer_names[i]) for i, t in enumerate(store)]
+            if "act" in sources:
+                tensors["act"] = [_checked(t, layer_names[i]) for i, t in enumerate(outs)]
+            if "oerror" in sources:
+                layer_inputs = [_checked(t, layer_names[i]) for i, t in enumerate(ins)]
             seconds["act"] = time.perf_counter() - t0
         if "grad" in sources or "hessian" in sources:
             t0 = time.perf_counter()
@@ -190,13 +221,14 @@ def compute_inputs(
                                 for g, w in zip(vg, weights)]
             seconds["vgrad"] = time.perf_counter() - t0
         float_weights = [w.detach().float().clone() for w in weights]
-    return FormulaInputs(tuple(layer_names), tensors, float_weights, modules, seconds)
+    return FormulaInputs(tuple(layer_names), tensors, float_weights, modules, layer_inputs, seconds)
 
 
-def _keep_first(store: list, i: int):
+def _keep_first(outs: list, ins: list, i: int):
     def hook(mod, args, out):
-        if store[i] is None:
-            store[i] = out.detach().float()
+        if outs[i] is None:
+            outs[i] = out.detach().float()
+            ins[i] = args[0].detach()
     return hook
 
 

@@ -62,7 +62,7 @@ def _branch(src: str, chain: Sequence[str], inputs: FormulaInputs, layer: int, b
 
 
 def layer_value(g: Genotype, inputs: FormulaInputs, layer: int, bits: int | None = None) -> float:
-    """The formula's scalar for one layer (at ``bits`` when the formula reads ``qerror``).
+    """The formula's scalar for one layer (at ``bits`` when the formula reads a bit-dependent source).
 
     Args:
         g: genotype.

@@ -45,7 +45,7 @@ class FormulaProxy(Proxy):
 
     def _compute(self, model, modules, x, y, seed):  # noqa: D102
         names = _names(model, modules)
-        sources = sorted(set(self.genotype.inputs) - {"qerror"})
+        sources = sorted(set(self.genotype.inputs))
         inputs = compute_inputs(model, names, x, y, sources=sources, hessian_samples=self.hessian_samples,
                                 act_samples=self.act_samples, seed=seed)
         from mixq.emq.interpret import FormulaError

@@ -111,7 +111,7 @@ def emq_search(
         raise MixqError(f"benchmark {str(bench_path)!r} has other layers than model {model!r}")
     x, y = task.calib, task.calib_set.labels
     t0 = time.perf_counter()
-    inputs = compute_inputs(qm, qm.layer_names, x, y, sources=[s for s in config.sources if s != "qerror"],
+    inputs = compute_inputs(qm, qm.layer_names, x, y, sources=config.sources,
                             hessian_samples=config.hessian_samples, seed=config.seed)
     inputs_seconds = time.perf_counter() - t0
     train_bits = np.array([e.bits_tuple for e in train])

@@ -204,7 +204,7 @@ class FormulaFitness:
         self.rows = np.arange(bits.shape[1])
         self.accuracy = np.asarray(accuracy, dtype=np.float64)
         self.metric = metric
-        sizes = [int(np.prod(inputs.shape("weight" if "weight" in inputs.tensors else "qerror", i)))
+        sizes = [int(np.prod(inputs.shape("qerror", i)))
                  for i in range(len(inputs.layer_names))]
         self.probe_layer = int(np.argmin(sizes))
 
