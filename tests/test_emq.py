@@ -199,6 +199,23 @@ def test_output_error_source_matches_hand_computation(mlp):
     assert inp.shape("oerror", 1) == (8, 3) and inp.get("oerror", 1, 32).abs().max() == 0
 
 
+def test_network_error_source_matches_hand_computation(mlp):
+    import copy
+
+    from mixq.quant.ranges import quantize_weight_with
+
+    model, x, y = mlp
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    inp = compute_inputs(model, ["fc1", "fc2"], x, None, sources=["nerror"], act_samples=8)
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        ref.fc1.weight.copy_(quantize_weight_with(ref.fc1.weight, 2, "minmax"))
+    want = ref(x[:8]) - model(x[:8])
+    assert torch.allclose(inp.get("nerror", 0, 2).double(), want, atol=1e-5)
+    assert inp.shape("nerror", 0) == (8, 3)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # weights restored
+
+
 def test_labels_required_for_grad_sources(mlp):
     model, x, _ = mlp
     with pytest.raises(MixqError, match="needs labels"):

@@ -12,6 +12,7 @@ def cmd_emq_search(args: argparse.Namespace) -> int:
     from mixq.emq.search import EMQConfig
 
     config = EMQConfig(candidates=args.candidates, population=args.population, structures=tuple(args.structures),
+                       sources=tuple(args.sources),
                        metric=args.metric, train_fraction=args.train_fraction, seed=args.seed,
                        proxy_batch=args.proxy_batch, hessian_samples=args.hessian_samples)
     r = emq_search(args.bench, args.out, config, data_root=args.data_root, model_root=args.model_root,
@@ -46,6 +47,7 @@ def add_emq_commands(
     """
     from mixq.cli_proxies import add_allocate_args
     from mixq.emq.genotype import STRUCTURES
+    from mixq.emq.inputs import SOURCES
     from mixq.emq.search import METRICS, EMQConfig
 
     d = EMQConfig()
@@ -75,6 +77,9 @@ def add_emq_commands(
                    help="labelled calibration images for the sources (default %(default)s)")
     p.add_argument("--hessian-samples", type=int, default=d.hessian_samples,
                    help="Rademacher vectors of the Hessian diagonal (default %(default)s)")
+    p.add_argument("--sources", nargs="+", choices=list(SOURCES), default=list(d.sources),
+                   help="input sources the formulas may read (default: all; EMQ's own are act grad weight hessian "
+                        "vgrad qerror)")
     p.add_argument("--baselines", nargs="+", metavar="PROXY",
                    help="hand-crafted proxies to rank beside the evolved one (default: all registered)")
     p.add_argument("--no-baselines", action="store_true", help="skip ranking the hand-crafted proxies")

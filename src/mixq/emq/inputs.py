@@ -14,12 +14,16 @@ name        what                                                                
 ``qerror``  weight quantization error ``Q_b(W) - W`` at the configuration's bits     no
 ``oerror``  the layer's output error from quantizing its weight alone,             no
             ``f(x; Q_b(W)) - f(x; W)`` on the layer's recorded float input
+``nerror``  the network's logit error from quantizing this layer's weight alone     no
+            (all else float): ``F(x; Q_b(W_l)) - F(x)``, ``(N, classes)``; its mean
+            square is EvoQ's per-layer sensitivity (eq. 4)
 ==========  ======================================================================  ===========
 
-``qerror`` and ``oerror`` are the bit-dependent sources: a formula that reads one has a per-layer value
-for every bit-width, which makes the proxy bit-aware beyond the final aggregation. ``oerror`` goes
-beyond EMQ's published source list (it costs one layer call per layer and bit-width, no extra forward
-pass). All tensors are float32 and detached.
+``qerror``, ``oerror`` and ``nerror`` are the bit-dependent sources: a formula that reads one has a
+per-layer value for every bit-width, which makes the proxy bit-aware beyond the final aggregation.
+``oerror`` and ``nerror`` go beyond EMQ's published source list: ``oerror`` costs one layer call per layer
+and bit-width, ``nerror`` one forward pass of the mini-batch per layer and bit-width (EvoQ's sensitivity
+brought into EMQ's search space). All tensors are float32 and detached.
 """
 
 from __future__ import annotations
@@ -46,11 +50,12 @@ SOURCES: dict[str, str] = {
     "vgrad": "V",
     "qerror": "Q",
     "oerror": "E",
+    "nerror": "D",
 }
 """Source name -> the symbol printed in formulas."""
 
 LABELLED = frozenset({"grad", "hessian"})
-BIT_DEPENDENT = frozenset({"qerror", "oerror"})
+BIT_DEPENDENT = frozenset({"qerror", "oerror", "nerror"})
 
 
 @dataclass
@@ -63,6 +68,9 @@ class FormulaInputs:
         weights: the float weights (for ``qerror``).
         modules: the layers (their range method quantizes ``qerror`` / ``oerror`` weights).
         layer_inputs: each layer's recorded float input (for ``oerror``), or None when not recorded.
+        model: the model (for ``nerror``), or None when not requested.
+        net_input: the mini-batch ``nerror`` runs (the first ``act_samples`` images).
+        net_output: the float logits on ``net_input``.
         seconds: source name -> wall time of computing it.
         cache: (source, layer, bits) -> bit-dependent tensor, filled on demand.
     """
@@ -72,13 +80,17 @@ class FormulaInputs:
     weights: list[torch.Tensor]
     modules: list[nn.Module] = field(repr=False, default_factory=list)
     layer_inputs: list[torch.Tensor] | None = field(repr=False, default=None)
+    model: nn.Module | None = field(repr=False, default=None)
+    net_input: torch.Tensor | None = field(repr=False, default=None)
+    net_output: torch.Tensor | None = field(repr=False, default=None)
     seconds: dict[str, float] = field(default_factory=dict)
     cache: dict[tuple[str, int, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def sources(self) -> tuple[str, ...]:
         """Available source names."""
-        return tuple(self.tensors) + ("qerror",) + (("oerror",) if self.layer_inputs is not None else ())
+        return (tuple(self.tensors) + ("qerror",) + (("oerror",) if self.layer_inputs is not None else ())
+                + (("nerror",) if self.model is not None else ()))
 
     def get(self, source: str, layer: int, bits: int | None = None) -> torch.Tensor:
         """One source tensor of one layer.
@@ -109,12 +121,28 @@ class FormulaInputs:
         m, w = self.modules[layer], self.weights[layer]
         if source == "oerror" and self.layer_inputs is None:
             raise MixqError("source 'oerror' was not computed (pass it in sources)")
+        if source == "nerror" and self.model is None:
+            raise MixqError("source 'nerror' was not computed (pass it in sources)")
         with torch.no_grad():
             wq = w if bits == FLOAT_BITS else weight_at_bits(m, bits).float()
             if source == "qerror":
                 return wq - w
+            if source == "nerror":
+                return self._network_error(layer, wq)
             x = self.layer_inputs[layer]
             return layer_forward(m, x, wq.to(x.dtype)).float() - layer_forward(m, x, w.to(x.dtype)).float()
+
+    def _network_error(self, layer: int, wq: torch.Tensor) -> torch.Tensor:
+        """Logits with only this layer's weight replaced by ``wq``, minus the float logits."""
+        m = self.modules[layer]
+        saved = m.weight.detach().clone()
+        with prepared(self.model, self.modules, weight_grad=False), torch.no_grad():
+            try:
+                m.weight.copy_(wq.to(saved.dtype))
+                out = self.model(self.net_input).float()
+            finally:
+                m.weight.copy_(saved)
+        return out - self.net_output
 
     def shape(self, source: str, layer: int) -> tuple[int, ...]:
         """Shape of a source tensor (``qerror`` has the weight's shape).
@@ -130,6 +158,10 @@ class FormulaInputs:
             return tuple(self.weights[layer].shape)
         if source == "oerror":
             return tuple(self.out_shapes[layer])
+        if source == "nerror":
+            if self.net_output is None:
+                raise MixqError("source 'nerror' was not computed (pass it in sources)")
+            return tuple(self.net_output.shape)
         return tuple(self.get(source, layer).shape)
 
     @property
@@ -221,7 +253,13 @@ def compute_inputs(
                                 for g, w in zip(vg, weights)]
             seconds["vgrad"] = time.perf_counter() - t0
         float_weights = [w.detach().float().clone() for w in weights]
-    return FormulaInputs(tuple(layer_names), tensors, float_weights, modules, layer_inputs, seconds)
+        net_input = net_output = None
+        if "nerror" in sources:
+            net_input = x[:act_samples]
+            with torch.no_grad():
+                net_output = model(net_input).float()
+    return FormulaInputs(tuple(layer_names), tensors, float_weights, modules, layer_inputs,
+                         model if "nerror" in sources else None, net_input, net_output, seconds)
 
 
 def _keep_first(outs: list, ins: list, i: int):
