@@ -46,3 +46,38 @@ def test_bad_inputs(demo_only, tmp_path, capsys):
     assert main(["proxies", "score", "--proxy", "bparams", "--configs", str(tmp_path / "c.jsonl"),
                  "--out", str(tmp_path / "o.jsonl"), "--samples", "8", "--n-test", "10"]) == 2
     assert "unknown layer" in capsys.readouterr().err
+
+
+def test_stats_cache_round_trip(tmp_path):
+    import numpy as np
+    import pytest
+
+    from mixq.errors import MixqError
+    from mixq.proxies.base import LayerStats
+    from mixq.proxies.cache import StatsCache
+
+    path = tmp_path / "c.npz"
+    c = StatsCache(path, "sha-a", ["l1", "l2"])
+    gains = np.arange(16, dtype=float).reshape(2, 8)
+    c.put(LayerStats("snip", ("l1", "l2"), gains, {}, 1.5), 64, 0)
+    c.save()
+    hit = StatsCache(path, "sha-a", ["l1", "l2"]).get("snip", 64, 0)
+    assert hit is not None and np.array_equal(hit.gains, gains) and hit.seconds == 1.5
+    assert StatsCache(path, "sha-a", ["l1", "l2"]).get("snip", 32, 0) is None  # other batch
+    assert StatsCache(path, "sha-b", ["l1", "l2"]).get("snip", 64, 0) is None  # other checkpoint: ignored
+    path.write_bytes(b"junk")
+    with pytest.raises(MixqError, match="corrupt"):
+        StatsCache(path, "sha-a", ["l1", "l2"])
+
+
+def test_rank_with_stats_cache_gives_same_metrics(demo_only, tmp_path):
+    bench = tmp_path / "b.sqlite"
+    assert main(["bench", "build", str(bench), "--n", "5", "--n-test", "30", "--samples", "8",
+                 "--no-progress"]) == 0
+    out = []
+    for i in range(2):
+        js = tmp_path / f"r{i}.json"
+        assert main(["proxies", "rank", "--bench", str(bench), "--proxies", "snip", "qe", "--sample", "4",
+                     "--proxy-batch", "16", "--stats-cache", str(tmp_path / "cache.npz"), "--json", str(js)]) == 0
+        out.append([r["all"] for r in json.loads(js.read_text())["results"]])
+    assert out[0] == out[1] and (tmp_path / "cache.npz").is_file()

@@ -12,15 +12,20 @@ import numpy as np
 from mixq.errors import MixqError
 
 
-def _proxy_stats(task, qm, name: str, batch: int, seed: int):
+def _proxy_stats(task, qm, name: str, batch: int, seed: int, cache=None):
     from mixq.emq.proxy import resolve_proxy
     from mixq.proxies import stats_for
 
     proxy = resolve_proxy(name)
     n = min(batch, task.calib.shape[0])
+    if cache is not None and (hit := cache.get(proxy.name, n, seed)) is not None:
+        return proxy, hit, hit.seconds
     y = task.calib_set.labels[:n] if proxy.needs_labels else None
     t0 = time.perf_counter()
     stats = stats_for(qm, proxy, task.calib[:n], y, seed=seed)
+    if cache is not None:
+        cache.put(stats, n, seed)
+        cache.save()
     return proxy, stats, time.perf_counter() - t0
 
 
@@ -103,8 +108,13 @@ def cmd_proxies_rank(args: argparse.Namespace) -> int:
     sample = np.random.default_rng(args.seed).choice(len(entries), size=min(args.sample, len(entries)),
                                                      replace=False)
     results = []
+    cache = None
+    if args.stats_cache:
+        from mixq.proxies.cache import StatsCache
+
+        cache = StatsCache(args.stats_cache, str(bench.meta.get("checkpoint_sha256")), qm.layer_names)
     for name in names:
-        proxy, stats, secs = _proxy_stats(task, qm, name, args.proxy_batch, args.seed)
+        proxy, stats, secs = _proxy_stats(task, qm, name, args.proxy_batch, args.seed, cache)
         t0 = time.perf_counter()
         scores = proxy.score(stats, bits)
         secs_score = time.perf_counter() - t0
@@ -193,6 +203,8 @@ def add_proxy_commands(sub: argparse._SubParsersAction, add_task_args, epilog: s
     p.add_argument("--data-root")
     p.add_argument("--model-root")
     p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--stats-cache", help="reuse / store proxy statistics in this .npz file (they depend on the "
+                                          "model, batch and seed, not on the benchmark)")
     p.set_defaults(func=cmd_proxies_rank)
 
     p = psub.add_parser("score", help="score configurations from a JSON Lines file", epilog=epilog)

@@ -16,7 +16,8 @@ def cmd_emq_search(args: argparse.Namespace) -> int:
                        metric=args.metric, train_fraction=args.train_fraction, seed=args.seed,
                        proxy_batch=args.proxy_batch, hessian_samples=args.hessian_samples)
     r = emq_search(args.bench, args.out, config, data_root=args.data_root, model_root=args.model_root,
-                   baselines=False if args.no_baselines else (args.baselines or True), progress=not args.no_progress)
+                   baselines=False if args.no_baselines else (args.baselines or True), progress=not args.no_progress,
+                   stats_cache=args.stats_cache)
     s = r["screening"]
     print(f"best formula: {r['formula']}")
     print(f"train {config.metric} {r['train_fitness']:.3f}; {s['candidates']} candidates in "
@@ -83,6 +84,7 @@ def add_emq_commands(
     p.add_argument("--baselines", nargs="+", metavar="PROXY",
                    help="hand-crafted proxies to rank beside the evolved one (default: all registered)")
     p.add_argument("--no-baselines", action="store_true", help="skip ranking the hand-crafted proxies")
+    p.add_argument("--stats-cache", help="reuse / store the hand-crafted proxies' statistics in this .npz file")
     p.add_argument("--data-root")
     p.add_argument("--model-root")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

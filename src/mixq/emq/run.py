@@ -77,6 +77,7 @@ def emq_search(
     model_root: str | os.PathLike | None = None,
     baselines: bool | list[str] = True,
     progress: bool = True,
+    stats_cache: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Search a proxy formula on a benchmark's training split and report it on the held-out split.
 
@@ -89,6 +90,8 @@ def emq_search(
         baselines: also rank the hand-crafted proxies on the held-out split: True for every registered one,
             or a list of names.
         progress: progress bars.
+        stats_cache: ``.npz`` file reusing / storing the hand-crafted proxies' statistics
+            (:class:`mixq.proxies.cache.StatsCache`).
 
     Returns:
         The result dict (also written to ``out/result.json``).
@@ -129,16 +132,28 @@ def emq_search(
 
     def metrics_of(proxy, stats) -> dict[str, Any]:
         return {"train": rank_metrics(proxy.score(stats, train_bits), train_acc),
-                "heldout": rank_metrics(proxy.score(stats, held_bits), held_acc)}
+                "heldout": rank_metrics(proxy.score(stats, held_bits), held_acc),
+                "all": rank_metrics(proxy.score(stats, np.concatenate([train_bits, held_bits])),
+                                    np.concatenate([train_acc, held_acc]))}
 
     rows = []
     evolved = FormulaProxy(best, hessian_samples=config.hessian_samples)
     st = stats_for(qm, evolved, x, y, seed=config.seed)
     rows.append({"proxy": "evolved", "formula": best.formula(), "stats_seconds": st.seconds, **metrics_of(evolved, st)})
+    cache = None
+    if stats_cache is not None:
+        from mixq.proxies.cache import StatsCache
+
+        cache = StatsCache(stats_cache, str(meta.get("checkpoint_sha256")), qm.layer_names)
     if baselines:
         for name in list_proxies() if baselines is True else list(baselines):
             p = get_proxy(name)
-            st = stats_for(qm, p, x, y if p.needs_labels else None, seed=config.seed)
+            st = cache.get(name, len(x), config.seed) if cache is not None else None
+            if st is None:
+                st = stats_for(qm, p, x, y if p.needs_labels else None, seed=config.seed)
+                if cache is not None:
+                    cache.put(st, len(x), config.seed)
+                    cache.save()
             rows.append({"proxy": name, "stats_seconds": st.seconds, **metrics_of(p, st)})
     hand = [r for r in rows if r["proxy"] != "evolved"]
     best_hand = max(hand, key=lambda r: r["heldout"]["kendall"]) if hand else None
