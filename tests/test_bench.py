@@ -310,3 +310,16 @@ def test_cli_build_info_export_query(tmp_path, tiny, capsys):
     cfg.write_text(json.dumps({"conv1": 8, "fc": 8}))
     with pytest.raises(MixqError, match="another model"):
         _run(["bench", "query", path, "--config", str(cfg)])
+
+
+def test_shards_split_the_work_and_match_a_single_build(tmp_path, tiny):
+    path = tmp_path / "sh.mqbench"
+    build_benchmark(path, "tiny", n=7, samples=8, progress=False, shard=(0, 2)).close()
+    assert len(tiny) == 4
+    with build_benchmark(path, "tiny", n=7, samples=8, progress=False, shard=(1, 2)) as bench:
+        assert len(tiny) == 7 and len(set(tiny)) == 7  # no configuration labelled twice
+        sharded = {e.bits_tuple: e.top1 for e in bench.entries()}
+    with build_benchmark(tmp_path / "one.mqbench", "tiny", n=7, samples=8, progress=False) as one:
+        assert sharded == {e.bits_tuple: e.top1 for e in one.entries()}
+    with pytest.raises(MixqError, match="shard"):
+        build_benchmark(path, "tiny", n=7, samples=8, progress=False, shard=(2, 2))

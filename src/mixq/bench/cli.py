@@ -23,6 +23,16 @@ def _parse_choices(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated bit-widths such as 2,3,4, got {text!r}") from None
 
 
+def _parse_shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return (0, 1)
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise MixqError(f"--shard must look like I/N (e.g. 0/2), got {text!r}") from None
+    return (i, n)
+
+
 def cmd_bench_build(args: argparse.Namespace) -> int:
     """Create or resume a benchmark file."""
     from mixq.bench.build import build_benchmark
@@ -32,7 +42,7 @@ def cmd_bench_build(args: argparse.Namespace) -> int:
         args.file, args.model, args.n, seed=args.seed, mode=args.mode, samples=args.samples,
         data_root=args.data_root, model_root=args.model_root, n_test=args.n_test,
         progress=not args.no_progress, choices=args.choices, pinned_bits=pinned, checkpoint=args.checkpoint,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, shard=_parse_shard(args.shard),
     )
     with bench:
         s = bench.summary()
@@ -139,6 +149,9 @@ def add_bench_commands(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--model-root", help="checkpoint folder (default $MIXQ_MODELS or ../shared/models)")
     p.add_argument("--n-test", type=int, default=None, help="evaluate on this many test images (default: all)")
     p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size (default %(default)s)")
+    p.add_argument("--shard", metavar="I/N",
+                   help="label only every N-th pending configuration from the I-th; run N processes with "
+                        "0/N .. N-1/N on one file (e.g. OMP_NUM_THREADS=1 each)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_bench_build)
 
