@@ -282,6 +282,23 @@ def test_formula_proxy_scores_and_costs(tiny):
     assert proxy.score(st, np.full((1, bits.shape[1]), 8))[0] > proxy.score(st, np.full((1, bits.shape[1]), 2))[0]
 
 
+def test_network_error_proxy_leaves_quant_model_as_it_was(tiny):
+    qm, x, y, _ = tiny
+    qm.set_bits({n: b for n, b in zip(qm.layer_names, [8, 3, 2])})
+    before_cfg = qm.bit_config()
+    before = {k: v.clone() for k, v in qm.state_dict().items()}
+    out_before = qm(x)
+    g = Genotype("linear", ("nerror",), (("square", "mean", "identity", "identity"),), None, "sum", "direct", -1)
+    proxy = FormulaProxy(g)
+    st = stats_for(qm, proxy, x, y, seed=0)
+    assert qm.bit_config() == before_cfg
+    assert all(torch.equal(v, qm.state_dict()[k]) for k, v in before.items())
+    assert torch.equal(qm(x), out_before)
+    # more bits -> smaller network error -> higher score, for every layer
+    costs = proxy.layer_costs(st, [2, 4, 8])
+    assert np.all(costs[:, 0] >= costs[:, 1]) and np.all(costs[:, 1] >= costs[:, 2])
+
+
 def test_resolve_proxy(tmp_path):
     g = tree("act", ["abs", "mean"], "weight", ["abs", "mean"], "add")
     g.save(tmp_path / "g.json")
