@@ -242,6 +242,9 @@ def build_benchmark(
                 t0 = time.perf_counter()
                 top1 = _evaluate(qm, task, bits, batch_size)
                 seconds = time.perf_counter() - t0
+                if bits in bench:  # another process labelled it while this one was evaluating
+                    bar.update(1)
+                    continue
                 bench.add(bits, top1, avg_bits=qm.avg_bits(dict(zip(qm.layer_names, bits, strict=True))),
                           size_mb=qm.size_mb(dict(zip(qm.layer_names, bits, strict=True))), seconds=seconds)
                 bar.update(1)
