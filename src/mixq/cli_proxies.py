@@ -14,19 +14,12 @@ from mixq.errors import MixqError
 
 def _proxy_stats(task, qm, name: str, batch: int, seed: int, cache=None):
     from mixq.emq.proxy import resolve_proxy
-    from mixq.proxies import stats_for
+    from mixq.proxies.cache import cached_stats
 
     proxy = resolve_proxy(name)
     n = min(batch, task.calib.shape[0])
-    if cache is not None and (hit := cache.get(proxy.name, n, seed)) is not None:
-        return proxy, hit, hit.seconds
-    y = task.calib_set.labels[:n] if proxy.needs_labels else None
-    t0 = time.perf_counter()
-    stats = stats_for(qm, proxy, task.calib[:n], y, seed=seed)
-    if cache is not None:
-        cache.put(stats, n, seed)
-        cache.save()
-    return proxy, stats, time.perf_counter() - t0
+    stats = cached_stats(qm, proxy, task.calib[:n], task.calib_set.labels[:n], seed, cache)
+    return proxy, stats, stats.seconds
 
 
 def _read_configs(path: str, layer_names: list[str]) -> list[dict]:

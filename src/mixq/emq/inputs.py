@@ -85,6 +85,7 @@ class FormulaInputs:
     net_output: torch.Tensor | None = field(repr=False, default=None)
     seconds: dict[str, float] = field(default_factory=dict)
     cache: dict[tuple[str, int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    _out_shapes: list[tuple[int, ...]] | None = field(default=None, repr=False)
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -169,7 +170,7 @@ class FormulaInputs:
         """Output shape of each layer on the recorded inputs (``oerror`` shapes)."""
         if self.layer_inputs is None:
             raise MixqError("source 'oerror' was not computed (pass it in sources)")
-        if not hasattr(self, "_out_shapes"):
+        if self._out_shapes is None:
             self._out_shapes = [tuple(self._bit_dependent("oerror", i, FLOAT_BITS).shape)
                                 for i in range(len(self.layer_names))]
         return self._out_shapes

@@ -20,7 +20,7 @@ from mixq.emq.genotype import Genotype
 from mixq.emq.inputs import compute_inputs
 from mixq.emq.interpret import check_shapes, gain_table, layer_values
 from mixq.errors import MixqError
-from mixq.proxies.base import BITS, Proxy, bit_columns
+from mixq.proxies.base import BITS, Proxy, bit_columns, layer_names_of
 from mixq.proxies.registry import get_proxy
 
 
@@ -44,7 +44,7 @@ class FormulaProxy(Proxy):
         self.needs_grad = True
 
     def _compute(self, model, modules, x, y, seed):  # noqa: D102
-        names = _names(model, modules)
+        names = layer_names_of(model, modules)
         sources = sorted(set(self.genotype.inputs))
         inputs = compute_inputs(model, names, x, y, sources=sources, hessian_samples=self.hessian_samples,
                                 act_samples=self.act_samples, seed=seed)
@@ -73,14 +73,6 @@ class FormulaProxy(Proxy):
             bad = sorted({BITS[c] for c in cols if not np.all(np.isfinite(stats.gains[:, c]))})
             raise MixqError(f"proxy {self.name!r} is undefined at bit-width(s) {bad}; choose other --bit-choices")
         return costs
-
-
-def _names(model, modules) -> list[str]:
-    from mixq.quant.model import QuantModel
-
-    root = model.model if isinstance(model, QuantModel) else model
-    lookup = {id(m): n for n, m in root.named_modules()}
-    return [lookup[id(m)] for m in modules]
 
 
 def resolve_proxy(spec: str, **options: Any) -> Proxy:

@@ -23,6 +23,7 @@ from mixq.emq.search import SCREEN_REASONS, EMQConfig, FormulaFitness, SearchSta
 from mixq.errors import MixqError
 from mixq.provenance import versions
 from mixq.proxies import get_proxy, list_proxies, stats_for
+from mixq.proxies.cache import StatsCache, cached_stats
 from mixq.quant.model import QuantModel
 from mixq.rank import rank_metrics
 from mixq.task import load_task
@@ -142,18 +143,11 @@ def emq_search(
     rows.append({"proxy": "evolved", "formula": best.formula(), "stats_seconds": st.seconds, **metrics_of(evolved, st)})
     cache = None
     if stats_cache is not None:
-        from mixq.proxies.cache import StatsCache
-
         cache = StatsCache(stats_cache, str(meta.get("checkpoint_sha256")), qm.layer_names)
     if baselines:
         for name in list_proxies() if baselines is True else list(baselines):
             p = get_proxy(name)
-            st = cache.get(name, len(x), config.seed) if cache is not None else None
-            if st is None:
-                st = stats_for(qm, p, x, y if p.needs_labels else None, seed=config.seed)
-                if cache is not None:
-                    cache.put(st, len(x), config.seed)
-                    cache.save()
+            st = cached_stats(qm, p, x, y, config.seed, cache)
             rows.append({"proxy": name, "stats_seconds": st.seconds, **metrics_of(p, st)})
     hand = [r for r in rows if r["proxy"] != "evolved"]
     best_hand = max(hand, key=lambda r: r["heldout"]["kendall"]) if hand else None

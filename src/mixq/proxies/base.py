@@ -147,6 +147,21 @@ def layer_modules(model: nn.Module, layer_names: Sequence[str]) -> list[nn.Modul
     return mods
 
 
+def layer_names_of(model: nn.Module, modules: Sequence[nn.Module]) -> list[str]:
+    """Qualified names of ``modules`` inside ``model`` (the inverse of :func:`layer_modules`).
+
+    Args:
+        model: a float model or a :class:`QuantModel`.
+        modules: its layers.
+
+    Returns:
+        Their names, in order.
+    """
+    root = model.model if isinstance(model, QuantModel) else model
+    lookup = {id(m): n for n, m in root.named_modules()}
+    return [lookup[id(m)] for m in modules]
+
+
 @contextlib.contextmanager
 def prepared(model: nn.Module, modules: Sequence[nn.Module], weight_grad: bool) -> Iterator[None]:
     """Eval mode, float mode for a QuantModel, and (optionally) weights requiring grad; all restored.

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mixq.errors import MixqError
-from mixq.proxies.base import LayerStats
+from mixq.proxies.base import LayerStats, Proxy, stats_for
 
 
 class StatsCache:
@@ -85,3 +85,29 @@ class StatsCache:
         tmp = self.path.with_name(self.path.name + ".tmp.npz")
         np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
         os.replace(tmp, self.path)
+
+
+def cached_stats(
+    qm, proxy: Proxy, x, y, seed: int, cache: StatsCache | None = None
+) -> LayerStats:
+    """Statistics of ``proxy`` on ``qm`` from the cache, or computed (and stored, when a cache is given).
+
+    Args:
+        qm: the :class:`~mixq.quant.model.QuantModel`.
+        proxy: the proxy.
+        x: the mini-batch (its size is part of the cache key).
+        y: its labels (passed only to proxies that need them).
+        seed: seed of random vectors.
+        cache: the cache, or None to always compute.
+
+    Returns:
+        The statistics (``seconds`` is the time of the original computation).
+    """
+    n = int(x.shape[0])
+    if cache is not None and (hit := cache.get(proxy.name, n, seed)) is not None:
+        return hit
+    stats = stats_for(qm, proxy, x, y if proxy.needs_labels else None, seed=seed)
+    if cache is not None:
+        cache.put(stats, n, seed)
+        cache.save()
+    return stats

@@ -12,9 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mixq.proxies.base import Proxy, capture_outputs, layer_modules, linear_in_bits
+from mixq.proxies.base import Proxy, capture_outputs, layer_modules, layer_names_of, linear_in_bits
 from mixq.proxies.registry import register_proxy
-from mixq.quant.model import QuantModel
 
 
 @register_proxy("snip")
@@ -47,7 +46,7 @@ class SynFlow(Proxy):
     needs_grad = False  # works on its own copy
 
     def _compute(self, model, modules, x, y, seed):  # noqa: D102
-        names = [n for n, m in _named(model, modules)]
+        names = layer_names_of(model, modules)
         net = copy.deepcopy(model).double()
         with torch.no_grad():
             for t in list(net.parameters()) + [b for b in net.buffers() if b.is_floating_point()]:
@@ -60,12 +59,6 @@ class SynFlow(Proxy):
         grads = torch.autograd.grad(net(ones).sum(), weights, allow_unused=True)
         sal = np.array([0.0 if g is None else float((w.detach() * g).sum()) for w, g in zip(weights, grads)])
         return linear_in_bits(sal), {"saliency": sal}
-
-
-def _named(model, modules):
-    root = model.model if isinstance(model, QuantModel) else model
-    lookup = {id(m): n for n, m in root.named_modules()}
-    return [(lookup[id(m)], m) for m in modules]
 
 
 @register_proxy("fisher")
