@@ -1,7 +1,7 @@
 """Uniform-bit accuracy table (the foundation issue's must-show), cross-checked by an independent quantizer.
 
 For each model and weight bit-width B in 32, 8, 4, 3, 2 (activations 8-bit), prints and saves FP32 top-1,
-mixq's quantized top-1 (the same path as `mixq eval --bits B`) and the top-1 of `mixq.reference`, an
+mixq's quantized top-1 (the same path as `mixq eval --bits B`) and the top-1 of `mixq.quant.reference`, an
 independent implementation of the same quantizer (torch's fuse_conv_bn_eval, torch.ao observers and
 fake-quant ops), all on the full test split with 50 calibration samples (seed 0).
 
@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 from mixq.data import test_set
+from mixq.evaluation.task import load_task
 from mixq.provenance import versions
 from mixq.quant.model import QuantModel
-from mixq.reference import reference_quantize
-from mixq.task import load_task
+from mixq.quant.reference import reference_quantize
 
 DEFAULT_MODELS = ["resnet20-jpeg", "mobilenetv2-jpeg", "shufflenetv2-x0.5"]
 
@@ -51,7 +51,7 @@ def main() -> None:
         if task.dataset == "imagenet":  # also FP32 on all 1000 images, as the checkpoint README measures it
             full = test_set("imagenet")
             from mixq.data import batches
-            from mixq.evaluate import accuracy
+            from mixq.evaluation.metrics import accuracy
 
             extra["fp32_top1_all_1000"] = accuracy(task.model, batches(full, task.mean, task.std, 250), progress=False)
         qm = QuantModel(task.model, calib=task.calib)
@@ -79,7 +79,7 @@ def _rows(path: Path) -> list[dict]:
 
 def render(path: Path) -> str:
     """Markdown table of the results file."""
-    from mixq.report import markdown_table
+    from mixq.reports.evoq import markdown_table
 
     return markdown_table(_rows(path), [
         ("model", "model", ""), ("bits", "weight bits", "d"), ("fp32_top1", "FP32 top-1", ".2f"),

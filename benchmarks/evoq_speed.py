@@ -16,13 +16,13 @@ import time
 import numpy as np
 import torch
 
-from mixq.config import Budget
-from mixq.evaluate import predict
+from mixq.bits import Budget
+from mixq.evaluation.metrics import predict
+from mixq.evaluation.task import load_task
+from mixq.evoq.search import EvoQConfig, FitnessEvaluator, evoq_search
+from mixq.evoq.sensitivity import compute_sensitivity
 from mixq.provenance import versions
 from mixq.quant.model import QuantModel
-from mixq.search.evoq import EvoQConfig, FitnessEvaluator, evoq_search
-from mixq.sensitivity import compute_sensitivity
-from mixq.task import load_task
 from mixq.timing import median_seconds
 
 

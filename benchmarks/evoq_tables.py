@@ -23,15 +23,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from mixq.calibrate import CalibrationConfig, calibrate
-from mixq.config import Budget
-from mixq.evaluate import predict
+from mixq.bits import Budget
+from mixq.evaluation.metrics import predict
+from mixq.evaluation.task import load_task
+from mixq.evoq.calibrate import CalibrationConfig, calibrate
+from mixq.evoq.search import EvoQConfig, evoq_search
+from mixq.evoq.sensitivity import compute_sensitivity
 from mixq.provenance import versions
 from mixq.quant.model import QuantModel
-from mixq.report import markdown_table
-from mixq.search.evoq import EvoQConfig, evoq_search
-from mixq.sensitivity import compute_sensitivity
-from mixq.task import load_task
+from mixq.reports.evoq import markdown_table
 
 METHODS = ["uniq", "aciq", "omse", "evoq-random", "evoq-guided", "evoq-guided-omse"]
 LABELS = {
@@ -132,7 +132,7 @@ def main() -> None:
 
 def plot_mutations(path: Path, png: str) -> None:
     """Guided vs random mutation: best fitness per iteration, one panel line per (model, method)."""
-    from mixq.report import plot_fitness
+    from mixq.reports.evoq import plot_fitness
 
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     hist = {}

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mixq.evaluation.task import load_task
 from mixq.provenance import versions
 from mixq.proxies import get_proxy, list_proxies, stats_for
 from mixq.quant.model import QuantModel
-from mixq.task import load_task
 from mixq.timing import median_seconds
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from mixq.allocate import (
+from mixq.allocate.ilp import (
     AllocationResult,
     allocate_bits,
     allocate_config,
@@ -17,7 +17,7 @@ from mixq.allocate import (
     layer_macs,
     uniform_bitops,
 )
-from mixq.config import BitConfig, Budget
+from mixq.bits import BitConfig, Budget
 from mixq.errors import MixqError
 from mixq.quant.model import QuantModel
 
@@ -140,7 +140,7 @@ def test_no_budget_picks_each_layer_minimum_and_all_fixed():
 
 
 def test_infeasible_size_budget_raises_before_solving(monkeypatch):
-    import mixq.allocate as alloc
+    import mixq.allocate.ilp as alloc
 
     def no_solver(*args, **kwargs):
         raise AssertionError("the solver must not run on an infeasible budget")
@@ -270,7 +270,7 @@ def test_larger_case_is_fast():
 
 def test_over_budget_solver_answer_is_resolved(monkeypatch):
     """A solution that slipped past the budget through solver tolerance is rejected and re-solved."""
-    import mixq.allocate as alloc
+    import mixq.allocate.ilp as alloc
 
     real_milp = alloc.milp
     calls = []

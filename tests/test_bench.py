@@ -13,11 +13,11 @@ from torch import nn
 
 import mixq.bench.build as build_mod
 from mixq.bench import FORMAT, SCHEMA_VERSION, MQBench, average_bits, build_benchmark, sample_configs
-from mixq.bench.cli import add_bench_commands
-from mixq.config import BitConfig
+from mixq.bits import BitConfig
+from mixq.cli.bench import add_bench_commands
 from mixq.data import ImageSet
 from mixq.errors import MixqError
-from mixq.task import Task
+from mixq.evaluation.task import Task
 
 NAMES = [f"l{i}" for i in range(10)]
 PARAMS = [27, 500, 800, 1200, 64, 2000, 300, 4000, 900, 100]

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from mixq.calibrate import CalibrationConfig, CalibrationResult, calibrate
 from mixq.errors import MixqError
+from mixq.evoq.calibrate import CalibrationConfig, CalibrationResult, calibrate
 from mixq.quant.model import QuantModel
 from mixq.quant.primitives import quantize_weight
 
@@ -138,7 +138,7 @@ def test_augmented_cosine_calibration(setup):
 
 
 def test_augment_batch_shifts_and_flips():
-    from mixq.calibrate import augment_batch
+    from mixq.evoq.calibrate import augment_batch
 
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
     out = augment_batch(x, torch.Generator().manual_seed(0))
@@ -167,7 +167,7 @@ def test_learned_scale_is_kept_and_used(setup):
 def test_augmented_teacher_does_not_keep_student_hooks(setup, monkeypatch):
     import copy
 
-    import mixq.calibrate as cal
+    import mixq.evoq.calibrate as cal
 
     copies = []
     real = copy.deepcopy

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mixq.config import BitConfig, Budget
+from mixq.bits import BitConfig, Budget
 from mixq.errors import MixqError
 
 LAYERS = ["conv1", "layer1.0.conv1", "linear"]

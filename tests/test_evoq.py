@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from mixq.config import Budget
+from mixq.bits import Budget
 from mixq.errors import MixqError
-from mixq.evaluate import predict
+from mixq.evaluation.metrics import predict
+from mixq.evoq.evolution import EvolutionConfig, TournamentEvolution
+from mixq.evoq.search import BitSpace, EvoQConfig, evoq_search
+from mixq.evoq.sensitivity import SensitivityTable, compute_sensitivity
 from mixq.quant.model import QuantModel
-from mixq.search.evolution import EvolutionConfig, TournamentEvolution
-from mixq.search.evoq import BitSpace, EvoQConfig, evoq_search
-from mixq.sensitivity import SensitivityTable, compute_sensitivity
 
 
 def _net():

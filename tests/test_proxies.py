@@ -283,7 +283,7 @@ def test_statistics_are_seeded(tiny):
 
 
 def test_bits_matrix(tiny):
-    from mixq.config import BitConfig
+    from mixq.bits import BitConfig
 
     _, qm, _, _ = tiny
     m = bits_matrix([BitConfig.uniform(qm.layer_names, 3), BitConfig.uniform(qm.layer_names, 8)], qm.layer_names)

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from mixq.config import BitConfig
+from mixq.bits import BitConfig
 from mixq.errors import MixqError
 from mixq.models import create_model, list_models
 from mixq.paths import resolve_model_root
 from mixq.quant.fold import find_conv_bn_pairs, fold_batchnorm
 from mixq.quant.model import QuantModel
 from mixq.quant.primitives import quantize_weight
-from mixq.reference import reference_quantize
+from mixq.quant.reference import reference_quantize
 
 CIFAR = [n for n in list_models() if n != "efficientnet-lite0"]
 HAS_EFFNET = importlib.util.find_spec("efficientnet_lite_pytorch") is not None

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mixq.errors import MixqError
-from mixq.rank import rank_metrics
+from mixq.proxies.rank import rank_metrics
 
 
 def _kendall_brute(x, y):

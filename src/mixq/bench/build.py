@@ -31,11 +31,11 @@ from tqdm.auto import tqdm
 from mixq.bench.sampling import DEFAULT_CHOICES, MODES, sample_configs
 from mixq.bench.store import MQBench, utc_now
 from mixq.errors import MixqError
-from mixq.evaluate import accuracy
+from mixq.evaluation.metrics import accuracy
+from mixq.evaluation.task import Task, load_task
 from mixq.models import get_model_spec, sha256_file
 from mixq.provenance import versions
 from mixq.quant.model import QuantModel
-from mixq.task import Task, load_task
 
 ACT_BITS = 8
 WEIGHT_RANGE = "minmax"
@@ -61,7 +61,7 @@ def checkpoint_sha256(
 
     Args:
         model: registry name or ``package.module:function``.
-        model_root: checkpoint folder (as for :func:`mixq.task.load_task`).
+        model_root: checkpoint folder (as for :func:`mixq.evaluation.task.load_task`).
         checkpoint: state_dict file of a user model.
 
     Returns:

@@ -58,13 +58,12 @@ from typing import Any
 
 import numpy as np
 
-from mixq.config import VALID_BITS, BitConfig
+from mixq.bits import MB, VALID_BITS, BitConfig
 from mixq.errors import MixqError
 
 FORMAT = "mixq-mqbench"
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
-MB = 8 * 2**20  # bits per MiB, as in mixq.quant.model
 
 _SCHEMA = """
 CREATE TABLE meta (
@@ -132,7 +131,7 @@ class Entry:
         return tuple(self.bits.values())
 
     def config(self) -> BitConfig:
-        """The configuration as a :class:`~mixq.config.BitConfig`.
+        """The configuration as a :class:`~mixq.bits.BitConfig`.
 
         Returns:
             The configuration.

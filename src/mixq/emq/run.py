@@ -21,12 +21,12 @@ from mixq.emq.inputs import compute_inputs, source_summary
 from mixq.emq.proxy import FormulaProxy
 from mixq.emq.search import SCREEN_REASONS, EMQConfig, FormulaFitness, SearchState, run_search
 from mixq.errors import MixqError
+from mixq.evaluation.task import load_task
 from mixq.provenance import versions
 from mixq.proxies import get_proxy, list_proxies, stats_for
 from mixq.proxies.cache import StatsCache, cached_stats
+from mixq.proxies.rank import rank_metrics
 from mixq.quant.model import QuantModel
-from mixq.rank import rank_metrics
-from mixq.task import load_task
 
 
 def plot_history(history: list[dict[str, float]], path: str | os.PathLike, metric: str) -> None:
@@ -37,7 +37,7 @@ def plot_history(history: list[dict[str, float]], path: str | os.PathLike, metri
         path: PNG file.
         metric: fitness metric name (axis label).
     """
-    from mixq.report import _plt
+    from mixq.reports.evoq import _plt
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4))

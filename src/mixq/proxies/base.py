@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mixq.config import BitConfig
+from mixq.bits import BitConfig
 from mixq.errors import MixqError
 from mixq.quant.model import QuantModel
 from mixq.quant.primitives import FLOAT_BITS, MAX_BITS, MIN_BITS

@@ -18,14 +18,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mixq.config import BitConfig, Budget
+from mixq.bits import MB, BitConfig, Budget
 from mixq.errors import MixqError
 from mixq.quant.fold import FoldReport, fold_batchnorm
 from mixq.quant.modules import QUANT_LAYER_TYPES, QuantConv2d, QuantLinear
 from mixq.quant.primitives import FLOAT_BITS
 from mixq.quant.ranges import get_range_method
-
-MB = 8 * 2**20  # bits per MiB
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import torch
 
-FLOAT_BITS = 32  # a bit-width of 32 means "leave in float"
-MIN_BITS = 2
-MAX_BITS = 8
+from mixq.bits import FLOAT_BITS, MAX_BITS, MIN_BITS  # noqa: F401  (re-exported)
 
 
 def qrange(bits: int) -> tuple[int, int]:

@@ -97,7 +97,7 @@ def cmd_bench_info(args: argparse.Namespace) -> int:
 def cmd_bench_query(args: argparse.Namespace) -> int:
     """Look up entries by index or by configuration file."""
     from mixq.bench.store import MQBench
-    from mixq.config import BitConfig
+    from mixq.bits import BitConfig
 
     if (args.index is None) == (args.config is None):
         raise MixqError("give exactly one of --index I or --config FILE")

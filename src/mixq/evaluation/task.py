@@ -18,7 +18,7 @@ from torch import nn
 
 from mixq.data import ImageSet, batches, calibration_set, normalize, test_set
 from mixq.errors import MixqError
-from mixq.evaluate import accuracy
+from mixq.evaluation.metrics import accuracy
 from mixq.models import create_model, get_model_spec, load_user_model
 
 

@@ -18,16 +18,16 @@ from pathlib import Path
 
 import torch
 
-from mixq.calibrate import CalibrationConfig, calibrate
-from mixq.config import Budget
+from mixq.bits import Budget
 from mixq.errors import MixqError
-from mixq.evaluate import predict
+from mixq.evaluation.metrics import predict
+from mixq.evaluation.task import Task
+from mixq.evoq.calibrate import CalibrationConfig, calibrate
+from mixq.evoq.search import EvoQConfig, EvoQResult, evoq_search
+from mixq.evoq.sensitivity import SensitivityTable, compute_sensitivity
 from mixq.provenance import versions
 from mixq.quant.model import QuantModel
-from mixq.report import evoq_report, plot_bits, plot_fitness, plot_sensitivity
-from mixq.search.evoq import EvoQConfig, EvoQResult, evoq_search
-from mixq.sensitivity import SensitivityTable, compute_sensitivity
-from mixq.task import Task
+from mixq.reports.evoq import evoq_report, plot_bits, plot_fitness, plot_sensitivity
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixq.sensitivity import SensitivityTable
+from mixq.evoq.sensitivity import SensitivityTable
 
 
 def _plt():

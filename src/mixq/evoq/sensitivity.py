@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mixq.errors import MixqError
-from mixq.evaluate import output_mse, predict
+from mixq.evaluation.metrics import output_mse, predict
 from mixq.quant.model import QuantModel
 from mixq.quant.primitives import FLOAT_BITS
 

@@ -33,7 +33,7 @@ import torch
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from mixq.config import BitConfig, Budget
+from mixq.bits import BitConfig, Budget
 from mixq.errors import MixqError
 from mixq.quant.model import QuantModel
 from mixq.quant.modules import QuantConv2d, QuantLinear

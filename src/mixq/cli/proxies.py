@@ -36,7 +36,7 @@ def _read_configs(path: str, layer_names: list[str]) -> list[dict]:
             bits = row["bits"]
         except (json.JSONDecodeError, KeyError, TypeError):
             raise MixqError(f"{path}:{i}: expected a JSON object with a 'bits' mapping per line") from None
-        from mixq.config import BitConfig
+        from mixq.bits import BitConfig
 
         BitConfig.from_dict(bits, source=f"{path}:{i}").validate(layer_names)
         rows.append(row)
@@ -59,8 +59,8 @@ def cmd_proxies_list(args: argparse.Namespace) -> int:
 
 def cmd_proxies_score(args: argparse.Namespace) -> int:
     """Score every configuration of a JSON Lines file with one proxy."""
-    from mixq.cli import _load_task
-    from mixq.config import BitConfig
+    from mixq.bits import BitConfig
+    from mixq.cli.main import _load_task
     from mixq.proxies import bits_matrix
     from mixq.quant.model import QuantModel
 
@@ -80,10 +80,10 @@ def cmd_proxies_score(args: argparse.Namespace) -> int:
 def cmd_proxies_rank(args: argparse.Namespace) -> int:
     """Every proxy's rank correlation with a benchmark's accuracies."""
     from mixq.bench import MQBench
+    from mixq.evaluation.task import load_task
     from mixq.proxies import list_proxies
+    from mixq.proxies.rank import rank_metrics
     from mixq.quant.model import QuantModel
-    from mixq.rank import rank_metrics
-    from mixq.task import load_task
 
     bench = MQBench.open(args.bench, readonly=True)
     entries = bench.entries()
@@ -131,10 +131,10 @@ def cmd_proxies_rank(args: argparse.Namespace) -> int:
 
 def cmd_allocate(args: argparse.Namespace) -> int:
     """ILP bit allocation with a proxy's per-layer costs, then evaluation."""
-    from mixq.allocate import allocate_config
-    from mixq.calibrate import CalibrationConfig, calibrate
-    from mixq.cli import _load_task
-    from mixq.config import Budget
+    from mixq.allocate.ilp import allocate_config
+    from mixq.bits import Budget
+    from mixq.cli.main import _load_task
+    from mixq.evoq.calibrate import CalibrationConfig, calibrate
     from mixq.provenance import versions
     from mixq.quant.model import QuantModel
 

@@ -6,7 +6,7 @@ individual satisfies the budget (eq. 1, or a size in MB): mutation is followed b
 bits until the configuration fits.
 
 Sensitivity-guided mutation (``mutation="guided"``): each layer mutates with probability ``p``; its
-direction comes from the sensitivity table ``S[j, b]`` (:mod:`mixq.sensitivity`). The layer's marginal
+direction comes from the sensitivity table ``S[j, b]`` (:mod:`mixq.evoq.sensitivity`). The layer's marginal
 sensitivity density at its current bit-width, ``(S[j, b-1] - S[j, b+1]) / (2 params_j)`` (one-sided at
 the ends), is ranked against the other layers' (percentile ``q_j``): the layer moves up one bit with
 probability ``0.1 + 0.8 q_j`` and down otherwise, so layers that are sensitive at their current width
@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mixq.config import BitConfig, Budget
+from mixq.bits import BitConfig, Budget
 from mixq.errors import MixqError
-from mixq.evaluate import output_mse
+from mixq.evaluation.metrics import output_mse
+from mixq.evoq.evolution import EvolutionConfig, EvolutionState, Genome, TournamentEvolution
+from mixq.evoq.sensitivity import SensitivityTable
 from mixq.quant.model import QuantModel
-from mixq.search.evolution import EvolutionConfig, EvolutionState, Genome, TournamentEvolution
-from mixq.sensitivity import SensitivityTable
 
 MUTATIONS = ("guided", "random")
 

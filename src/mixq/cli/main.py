@@ -12,8 +12,8 @@ import time
 import warnings
 from collections.abc import Sequence
 
-from mixq.calibrate import CalibrationConfig
 from mixq.errors import MixqError
+from mixq.evoq.calibrate import CalibrationConfig
 
 CALIB_DEFAULTS = CalibrationConfig()
 
@@ -51,7 +51,7 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_task(args: argparse.Namespace):
-    from mixq.task import load_task
+    from mixq.evaluation.task import load_task
 
     return load_task(
         args.model, samples=args.samples, seed=args.seed, data_root=args.data_root,
@@ -61,7 +61,7 @@ def _load_task(args: argparse.Namespace):
 
 
 def _check_bits_arg(value: int, flag: str) -> int:
-    from mixq.config import VALID_BITS
+    from mixq.bits import VALID_BITS
 
     if value not in VALID_BITS:
         raise MixqError(f"{flag} {value} is out of range: expected 2..8, or 32 for float")
@@ -71,7 +71,7 @@ def _check_bits_arg(value: int, flag: str) -> int:
 # -- mixq eval -------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     """FP32 and quantized top-1 of a model at a uniform bit-width or a BitConfig file."""
-    from mixq.config import BitConfig
+    from mixq.bits import BitConfig
     from mixq.provenance import versions
     from mixq.quant.model import QuantModel
 
@@ -126,9 +126,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # -- mixq evoq -------------------------------------------------------------------------------------
 def cmd_evoq(args: argparse.Namespace) -> int:
     """EvoQ end to end: sensitivity, evolutionary search, feature calibration, report."""
-    from mixq.config import Budget
-    from mixq.evoq_run import RunOptions, run_evoq
-    from mixq.search.evoq import EvoQConfig
+    from mixq.bits import Budget
+    from mixq.evoq.run import RunOptions, run_evoq
+    from mixq.evoq.search import EvoQConfig
 
     _check_bits_arg(args.act_bits, "--act-bits")
     if args.target_bits is None and args.size_mb is None:
@@ -247,13 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default runs/evoq-MODEL-BUDGET)")
     p.set_defaults(func=cmd_evoq)
 
-    from mixq.bench.cli import add_bench_commands
+    from mixq.cli.bench import add_bench_commands
 
     add_bench_commands(sub)
-    from mixq.cli_proxies import add_proxy_commands
+    from mixq.cli.proxies import add_proxy_commands
 
     add_proxy_commands(sub, _add_task_args, EPILOG_DATA)
-    from mixq.emq.cli import add_emq_commands
+    from mixq.cli.emq import add_emq_commands
 
     add_emq_commands(sub, _add_task_args, EPILOG_DATA)
     return parser

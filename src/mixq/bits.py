@@ -20,8 +20,11 @@ from pathlib import Path
 from types import MappingProxyType
 
 from mixq.errors import MixqError
-from mixq.quant.primitives import FLOAT_BITS, MAX_BITS, MIN_BITS
 
+FLOAT_BITS = 32  # a bit-width of 32 means "leave in float"
+MIN_BITS = 2
+MAX_BITS = 8
+MB = 8 * 2**20  # bits per MiB: size_mb = sum(params x bits) / MB
 VALID_BITS = tuple(range(MIN_BITS, MAX_BITS + 1)) + (FLOAT_BITS,)
 
 

@@ -30,7 +30,7 @@ def cmd_emq_search(args: argparse.Namespace) -> int:
 
 def cmd_emq_allocate(args: argparse.Namespace) -> int:
     """ILP allocation with an evolved formula, then evaluation (and calibration unless --no-calibrate)."""
-    from mixq.cli_proxies import cmd_allocate
+    from mixq.cli.proxies import cmd_allocate
 
     args.calibrate = not args.no_calibrate
     return cmd_allocate(args)
@@ -46,7 +46,7 @@ def add_emq_commands(
         add_task_args: the shared model/data argument adder.
         epilog: the shared data-location epilog.
     """
-    from mixq.cli_proxies import add_allocate_args
+    from mixq.cli.proxies import add_allocate_args
     from mixq.emq.genotype import STRUCTURES
     from mixq.emq.inputs import SOURCES
     from mixq.emq.search import METRICS, EMQConfig
