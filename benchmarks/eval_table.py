@@ -79,7 +79,7 @@ def _rows(path: Path) -> list[dict]:
 
 def render(path: Path) -> str:
     """Markdown table of the results file."""
-    from mixq.reports.evoq import markdown_table
+    from mixq.reports.tables import markdown_table
 
     return markdown_table(_rows(path), [
         ("model", "model", ""), ("bits", "weight bits", "d"), ("fp32_top1", "FP32 top-1", ".2f"),

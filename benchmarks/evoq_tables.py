@@ -31,7 +31,7 @@ from mixq.evoq.search import EvoQConfig, evoq_search
 from mixq.evoq.sensitivity import compute_sensitivity
 from mixq.provenance import versions
 from mixq.quant.model import QuantModel
-from mixq.reports.evoq import markdown_table
+from mixq.reports.tables import markdown_table
 
 METHODS = ["uniq", "aciq", "omse", "evoq-random", "evoq-guided", "evoq-guided-omse"]
 LABELS = {
@@ -132,7 +132,7 @@ def main() -> None:
 
 def plot_mutations(path: Path, png: str) -> None:
     """Guided vs random mutation: best fitness per iteration, one panel line per (model, method)."""
-    from mixq.reports.evoq import plot_fitness
+    from mixq.reports.plots import plot_fitness
 
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     hist = {}

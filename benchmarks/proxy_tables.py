@@ -82,7 +82,7 @@ def main() -> None:
     if args.rank:
         print(rank_table(args.rank), end="\n\n")
     if args.emq:
-        from mixq.emq.run import comparison_table
+        from mixq.reports.emq import comparison_table
 
         print(comparison_table(json.loads(Path(args.emq).read_text())), end="\n\n")
     if args.evoq or args.allocations:

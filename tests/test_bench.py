@@ -14,7 +14,7 @@ from torch import nn
 import mixq.bench.build as build_mod
 from mixq.bench import FORMAT, SCHEMA_VERSION, MQBench, average_bits, build_benchmark, sample_configs
 from mixq.bits import BitConfig
-from mixq.cli.bench import add_bench_commands
+from mixq.cli.bench import add_commands as add_bench_commands
 from mixq.data import ImageSet
 from mixq.errors import MixqError
 from mixq.evaluation.task import Task

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from mixq.cli.main import main
+from mixq.cli import main
 from mixq.paths import resolve_data_root
 
 

@@ -2,7 +2,7 @@
 
 import json
 
-from mixq.cli.main import main
+from mixq.cli import main
 
 
 def test_evoq_writes_artefacts(demo_only, tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 import json
 
-from mixq.cli.main import main
+from mixq.cli import main
 
 
 def test_bench_proxies_allocate_pipeline(demo_only, tmp_path, capsys):

@@ -114,6 +114,61 @@ def _is_integral(a: np.ndarray) -> bool:
     return bool(np.all(a == np.round(a)))
 
 
+def _check_finite_costs(cost_arr: np.ndarray, choices: tuple[int, ...], pinned: Mapping[int, int]) -> None:
+    """Raise on a non-finite cost among the entries that can be chosen (a pinned layer: its pinned entry)."""
+    for layer in range(cost_arr.shape[0]):
+        if layer in pinned:
+            cols = [choices.index(pinned[layer])] if pinned[layer] in choices else []
+        else:
+            cols = list(range(cost_arr.shape[1]))
+        row = cost_arr[layer, cols]
+        if not np.all(np.isfinite(row)):
+            bad = cols[int(np.flatnonzero(~np.isfinite(row))[0])]
+            raise MixqError(
+                f"cost of layer {layer} at {choices[bad]} bits is {cost_arr[layer, bad]}; costs must be finite"
+            )
+
+
+@dataclass(frozen=True)
+class _Resources:
+    """Size and BitOps of a bit choice, and the infeasible-budget messages."""
+
+    params: np.ndarray  # (L,) weight parameters per layer
+    macs: np.ndarray | None  # (L,) MACs per sample per layer, or None
+    act_bits: int
+
+    def size_of(self, bits: Sequence[int]) -> float:
+        return float(np.dot(self.params, np.asarray(bits, dtype=np.float64)))
+
+    def ops_of(self, bits: Sequence[int]) -> float | None:
+        if self.macs is None:
+            return None
+        return float(np.dot(self.macs, np.asarray(bits, dtype=np.float64))) * self.act_bits
+
+    def check_fits(
+        self, smallest: list[int], budget: float | None, max_ops: float | None, n_free: int, n_pinned: int,
+        min_bits: int,
+    ) -> None:
+        """Raise when the smallest configuration is over the size or the BitOps budget."""
+        if budget is not None and self.size_of(smallest) > budget * (1 + _BUDGET_RTOL):
+            need, total = self.size_of(smallest), float(self.params.sum())
+            avg = (lambda v: v / total) if total > 0 else (lambda v: math.inf)
+            raise MixqError(
+                f"budget below the all-minimum-bits size: the smallest configuration ({n_free} free layer(s) "
+                f"at {min_bits} bits, {n_pinned} fixed layer(s) at their bits) needs {avg(need):.4f} avg bits "
+                f"({need:.0f} bit-params, {need / 8 / 2**20:.4f} MB), budget {avg(budget):.4f} avg bits "
+                f"({budget:.0f} bit-params, {budget / 8 / 2**20:.4f} MB)"
+            )
+        need_ops = self.ops_of(smallest)
+        if max_ops is not None and need_ops is not None and need_ops > max_ops * (1 + _BUDGET_RTOL):
+            raise MixqError(
+                f"BitOps budget below the all-minimum-bits BitOps: the smallest configuration "
+                f"({n_free} free layer(s) at {min_bits} bits, {n_pinned} fixed at their bits, "
+                f"{self.act_bits}-bit activations) needs {need_ops / 1e9:.6g} GBitOps, budget "
+                f"{max_ops / 1e9:.6g} GBitOps"
+            )
+
+
 # -- the solver -----------------------------------------------------------------------------------
 def allocate_bits(
     cost: np.ndarray,
@@ -174,53 +229,15 @@ def allocate_bits(
     pinned = _check_fixed(fixed, n_layers)
     free = [layer for layer in range(n_layers) if layer not in pinned]
 
-    # non-finite costs (only entries that can be chosen matter)
-    for layer in range(n_layers):
-        if layer in pinned:
-            cols = [choices.index(pinned[layer])] if pinned[layer] in choices else []
-        else:
-            cols = list(range(n_choices))
-        row = cost_arr[layer, cols]
-        if not np.all(np.isfinite(row)):
-            bad = cols[int(np.flatnonzero(~np.isfinite(row))[0])]
-            raise MixqError(
-                f"cost of layer {layer} at {choices[bad]} bits is {cost_arr[layer, bad]}; costs must be finite"
-            )
-
+    _check_finite_costs(cost_arr, choices, pinned)
+    res = _Resources(params_arr, macs_arr, act_bits)
     bits_vec = np.asarray(choices, dtype=np.float64)
-    min_bits = min(choices)
-    total_params = float(params_arr.sum())
-
-    def size_of(bits: Sequence[int]) -> float:
-        return float(np.dot(params_arr, np.asarray(bits, dtype=np.float64)))
-
-    def ops_of(bits: Sequence[int]) -> float | None:
-        if macs_arr is None:
-            return None
-        return float(np.dot(macs_arr, np.asarray(bits, dtype=np.float64))) * act_bits
-
     # feasibility, before any solving: the smallest configuration minimises both resources
-    smallest = [pinned.get(layer, min_bits) for layer in range(n_layers)]
+    smallest = [pinned.get(layer, min(choices)) for layer in range(n_layers)]
     size_limit = None if budget is None else budget * (1 + _BUDGET_RTOL)
     ops_limit = None if max_ops is None else max_ops * (1 + _BUDGET_RTOL)
-    if size_limit is not None and size_of(smallest) > size_limit:
-        need, have = size_of(smallest), budget
-        avg = (lambda v: v / total_params) if total_params > 0 else (lambda v: math.inf)
-        raise MixqError(
-            f"budget below the all-minimum-bits size: the smallest configuration ({len(free)} free layer(s) "
-            f"at {min_bits} bits, {len(pinned)} fixed layer(s) at their bits) needs {avg(need):.4f} avg bits "
-            f"({need:.0f} bit-params, {need / 8 / 2**20:.4f} MB), budget {avg(have):.4f} avg bits "
-            f"({have:.0f} bit-params, {have / 8 / 2**20:.4f} MB)"
-        )
-    if ops_limit is not None:
-        need_ops = ops_of(smallest)
-        assert need_ops is not None
-        if need_ops > ops_limit:
-            raise MixqError(
-                f"BitOps budget below the all-minimum-bits BitOps: the smallest configuration "
-                f"({len(free)} free layer(s) at {min_bits} bits, {len(pinned)} fixed at their bits, "
-                f"{act_bits}-bit activations) needs {need_ops / 1e9:.6g} GBitOps, budget {max_ops / 1e9:.6g} GBitOps"
-            )
+    res.check_fits(smallest, budget, max_ops, len(free), len(pinned), min(choices))
+    size_of, ops_of = res.size_of, res.ops_of
 
     def objective_of(bits: Sequence[int]) -> float:
         total = 0.0

@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mixq.bench.build import build_benchmark
+from mixq.bench.store import MQBench
+from mixq.bits import BitConfig
 from mixq.errors import MixqError
 
 
@@ -35,8 +38,6 @@ def _parse_shard(text: str | None) -> tuple[int, int]:
 
 def cmd_bench_build(args: argparse.Namespace) -> int:
     """Create or resume a benchmark file."""
-    from mixq.bench.build import build_benchmark
-
     pinned = None if args.pinned_bits == 0 else args.pinned_bits
     bench = build_benchmark(
         args.file, args.model, args.n, seed=args.seed, mode=args.mode, samples=args.samples,
@@ -53,8 +54,6 @@ def cmd_bench_build(args: argparse.Namespace) -> int:
 
 def cmd_bench_export(args: argparse.Namespace) -> int:
     """Export a benchmark to JSON Lines."""
-    from mixq.bench.store import MQBench
-
     with MQBench.open(args.file, readonly=True) as bench:
         if args.out == "-":
             for e in bench.entries():
@@ -70,8 +69,6 @@ def cmd_bench_export(args: argparse.Namespace) -> int:
 
 def cmd_bench_info(args: argparse.Namespace) -> int:
     """Print a benchmark's metadata and summary."""
-    from mixq.bench.store import MQBench
-
     with MQBench.open(args.file, readonly=True) as bench:
         meta: dict[str, Any] = bench.meta
         summary = bench.summary()
@@ -96,9 +93,6 @@ def cmd_bench_info(args: argparse.Namespace) -> int:
 
 def cmd_bench_query(args: argparse.Namespace) -> int:
     """Look up entries by index or by configuration file."""
-    from mixq.bench.store import MQBench
-    from mixq.bits import BitConfig
-
     if (args.index is None) == (args.config is None):
         raise MixqError("give exactly one of --index I or --config FILE")
     with MQBench.open(args.file, readonly=True) as bench:
@@ -107,7 +101,7 @@ def cmd_bench_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_bench_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``bench build`` / ``bench export`` / ``bench info`` / ``bench query``.
 
     Args:

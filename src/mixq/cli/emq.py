@@ -1,16 +1,19 @@
-"""``mixq emq search`` and ``mixq emq allocate``."""
+"""``mixq emq search`` and ``mixq emq allocate``: evolve a proxy formula, allocate bits with it."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+
+from mixq.cli.common import EPILOG_DATA, add_allocate_args, add_task_args, allocate_command
+from mixq.emq.genotype import STRUCTURES
+from mixq.emq.inputs import SOURCES
+from mixq.emq.run import emq_search
+from mixq.emq.search import METRICS, EMQConfig
+from mixq.reports.emq import comparison_table, write_emq_report
 
 
 def cmd_emq_search(args: argparse.Namespace) -> int:
     """Search a proxy formula on a benchmark and compare it with the hand-crafted proxies."""
-    from mixq.emq.run import comparison_table, emq_search
-    from mixq.emq.search import EMQConfig
-
     config = EMQConfig(candidates=args.candidates, population=args.population, structures=tuple(args.structures),
                        sources=tuple(args.sources),
                        metric=args.metric, train_fraction=args.train_fraction, seed=args.seed,
@@ -18,6 +21,7 @@ def cmd_emq_search(args: argparse.Namespace) -> int:
     r = emq_search(args.bench, args.out, config, data_root=args.data_root, model_root=args.model_root,
                    baselines=False if args.no_baselines else (args.baselines or True), progress=not args.no_progress,
                    stats_cache=args.stats_cache)
+    write_emq_report(args.out)
     s = r["screening"]
     print(f"best formula: {r['formula']}")
     print(f"train {config.metric} {r['train_fitness']:.3f}; {s['candidates']} candidates in "
@@ -30,27 +34,16 @@ def cmd_emq_search(args: argparse.Namespace) -> int:
 
 def cmd_emq_allocate(args: argparse.Namespace) -> int:
     """ILP allocation with an evolved formula, then evaluation (and calibration unless --no-calibrate)."""
-    from mixq.cli.proxies import cmd_allocate
-
-    args.calibrate = not args.no_calibrate
-    return cmd_allocate(args)
+    return allocate_command(args, calibrate_after=not args.no_calibrate)
 
 
-def add_emq_commands(
-    sub: argparse._SubParsersAction, add_task_args: Callable[[argparse.ArgumentParser], None], epilog: str
-) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``mixq emq search|allocate``.
 
     Args:
         sub: the main parser's subparsers.
-        add_task_args: the shared model/data argument adder.
-        epilog: the shared data-location epilog.
     """
-    from mixq.cli.proxies import add_allocate_args
-    from mixq.emq.genotype import STRUCTURES
-    from mixq.emq.inputs import SOURCES
-    from mixq.emq.search import METRICS, EMQConfig
-
+    epilog = EPILOG_DATA
     d = EMQConfig()
     pe = sub.add_parser("emq", help="EMQ: evolve a proxy formula on a benchmark, allocate bits with it",
                         description="EMQ: evolutionary search of training-free proxy formulas (genotypes) scored "

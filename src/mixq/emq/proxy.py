@@ -20,8 +20,11 @@ from mixq.emq.genotype import Genotype
 from mixq.emq.inputs import compute_inputs
 from mixq.emq.interpret import check_shapes, gain_table, layer_values
 from mixq.errors import MixqError
-from mixq.proxies.base import BITS, Proxy, bit_columns, layer_names_of
+from mixq.evaluation.task import Task
+from mixq.proxies.base import BITS, LayerStats, Proxy, bit_columns, layer_names_of
+from mixq.proxies.cache import StatsCache, cached_stats
 from mixq.proxies.registry import get_proxy
+from mixq.quant.model import QuantModel
 
 
 class FormulaProxy(Proxy):
@@ -91,3 +94,24 @@ def resolve_proxy(spec: str, **options: Any) -> Proxy:
     if spec.endswith(".json") or os.sep in spec or Path(spec).is_file():
         return FormulaProxy(Genotype.load(spec))
     return get_proxy(spec, **options)
+
+
+def proxy_stats_on(
+    task: Task, qm: QuantModel, spec: str, batch: int, seed: int, cache: StatsCache | None = None
+) -> tuple[Proxy, LayerStats]:
+    """A proxy (name or genotype file) and its statistics on the first ``batch`` calibration samples of a task.
+
+    Args:
+        task: the task (its calibration images and labels are the mini-batch).
+        qm: the task's :class:`~mixq.quant.model.QuantModel`.
+        spec: registry name or ``genotype.json`` path (:func:`resolve_proxy`).
+        batch: images for the statistics (at most the task's calibration samples).
+        seed: seed of random vectors.
+        cache: optional statistics cache.
+
+    Returns:
+        ``(proxy, stats)``; ``stats.seconds`` is the time the statistics took.
+    """
+    proxy = resolve_proxy(spec)
+    n = min(batch, task.calib.shape[0])
+    return proxy, cached_stats(qm, proxy, task.calib[:n], task.calib_set.labels[:n], seed, cache)

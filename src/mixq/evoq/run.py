@@ -1,10 +1,11 @@
-"""End-to-end EvoQ run: sensitivity -> search -> feature calibration -> evaluation -> artefacts.
+"""End-to-end EvoQ run: sensitivity -> search -> feature calibration -> evaluation -> result files.
 
 This is what ``mixq evoq`` calls; scripts and notebooks can call :func:`run_evoq` directly.
-Artefacts in the output folder: ``config.json`` (the BitConfig), ``result.json``, ``report.md``,
-``fitness.png``, ``bits.png``, ``sensitivity.png``, ``sensitivity.json/.csv`` and
+Files in the output folder: ``config.json`` (the BitConfig), ``result.json``, ``sensitivity.json/.csv``,
 ``search_state.json`` (the resumable search checkpoint) and ``calibrated.pt`` (the calibrated
 folded weights and learned weight grids, a plain tensor dict for ``torch.load(weights_only=True)``).
+:func:`mixq.reports.write_evoq_report` draws ``report.md``, ``fitness.png``, ``bits.png`` and
+``sensitivity.png`` from them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from mixq.evoq.search import EvoQConfig, EvoQResult, evoq_search
 from mixq.evoq.sensitivity import SensitivityTable, compute_sensitivity
 from mixq.provenance import versions
 from mixq.quant.model import QuantModel
-from mixq.reports.evoq import evoq_report, plot_bits, plot_fitness, plot_sensitivity
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,45 @@ def _sensitivity(qm: QuantModel, x: torch.Tensor, out: Path, progress: bool) -> 
     return table
 
 
+def budget_text(budget: Budget) -> str:
+    """A budget in words, e.g. ``"avg bits <= 3.0"`` or ``"avg bits <= 3.0 and size <= 0.1 MB"``.
+
+    Args:
+        budget: the budget.
+
+    Returns:
+        The text.
+    """
+    parts = []
+    if budget.avg_bits is not None:
+        parts.append(f"avg bits <= {budget.avg_bits}")
+    if budget.size_mb is not None:
+        parts.append(f"size <= {budget.size_mb} MB")
+    return " and ".join(parts)
+
+
+def _check_feasible(qm: QuantModel, budget: Budget, min_bits: int) -> None:
+    if qm.total_params * min_bits > budget.max_bit_params(qm.total_params) * (1 + 1e-12):
+        raise MixqError(
+            f"budget is infeasible: {min_bits} bits everywhere already needs {qm.size_mb(min_bits):.4f} "
+            f"MB ({min_bits}.0 average bits)"
+        )
+
+
+def _calibrate_and_save(qm: QuantModel, task: Task, options: RunOptions, out: Path) -> dict:
+    """Feature calibration of the searched model, its top-1 and ``calibrated.pt``; returns the record part."""
+    ccfg = options.calibration
+    cal = calibrate(qm, task.calib, ccfg, progress=options.progress)
+    part = {"quant_top1": task.top1(qm, progress=options.progress, desc="calibrated"),
+            "calibration": {**asdict(ccfg), "seconds": cal.seconds, "loss_initial": cal.initial_loss,
+                            "loss_final": cal.final_loss}}
+    # calibrated float weights and the learned weight grids (loadable with weights_only=True)
+    grids = {n: {str(b): {"scale": g[0].detach(), "zero_point": g[1]}
+                 for b, g in m.weight_quantizer.grids.items()} for n, m in qm.layers.items()}
+    torch.save({"state_dict": qm.model.state_dict(), "weight_grids": grids}, out / "calibrated.pt")
+    return part
+
+
 def run_evoq(task: Task, options: RunOptions, config: EvoQConfig, out: str | os.PathLike) -> dict:
     """Run EvoQ end to end on a task and write every artefact.
 
@@ -83,12 +122,7 @@ def run_evoq(task: Task, options: RunOptions, config: EvoQConfig, out: str | os.
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     qm = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits, weight_range=options.weight_range)
-    space_floor = qm.total_params * config.min_bits
-    if space_floor > options.budget.max_bit_params(qm.total_params) * (1 + 1e-12):
-        raise MixqError(
-            f"budget is infeasible: {config.min_bits} bits everywhere already needs {qm.size_mb(config.min_bits):.4f} "
-            f"MB ({config.min_bits}.0 average bits)"
-        )
+    _check_feasible(qm, options.budget, config.min_bits)
     reference = predict(task.model, task.calib)  # float logits (N, K)
     table = _sensitivity(qm, task.calib, out, options.progress)
     result: EvoQResult = evoq_search(
@@ -105,9 +139,7 @@ def run_evoq(task: Task, options: RunOptions, config: EvoQConfig, out: str | os.
         "dataset": task.dataset,
         "calib_split": "train" if task.dataset == "cifar10" else "sample",
         "test_split": "test" if task.dataset == "cifar10" else "sample minus calibration images",
-        "budget": (f"avg bits <= {options.budget.avg_bits}" if options.budget.avg_bits is not None else "")
-        + (" and " if options.budget.avg_bits is not None and options.budget.size_mb is not None else "")
-        + (f"size <= {options.budget.size_mb} MB" if options.budget.size_mb is not None else ""),
+        "budget": budget_text(options.budget),
         "target_bits": options.budget.avg_bits,
         "target_size_mb": options.budget.size_mb,
         "act_bits": options.act_bits,
@@ -141,23 +173,9 @@ def run_evoq(task: Task, options: RunOptions, config: EvoQConfig, out: str | os.
         record["uniform_size_mb"] = qm.size_mb()
         qm.set_bits(result.config)
     if options.calibrate:
-        ccfg = options.calibration
-        cal = calibrate(qm, task.calib, ccfg, progress=options.progress)
-        record["quant_top1"] = task.top1(qm, progress=options.progress, desc="calibrated")
-        record["calibration"] = {**asdict(ccfg), "seconds": cal.seconds, "loss_initial": cal.initial_loss,
-                                 "loss_final": cal.final_loss}
-        # calibrated float weights and the learned weight grids (loadable with weights_only=True)
-        grids = {n: {str(b): {"scale": g[0].detach(), "zero_point": g[1]}
-                     for b, g in m.weight_quantizer.grids.items()} for n, m in qm.layers.items()}
-        torch.save({"state_dict": qm.model.state_dict(), "weight_grids": grids}, out / "calibrated.pt")
+        record.update(_calibrate_and_save(qm, task, options, out))
     else:
         record["quant_top1"] = search_top1
     record["total_seconds"] = time.perf_counter() - t_start
     (out / "result.json").write_text(json.dumps(record, indent=1))
-    plot_fitness({f"{config.mutation} mutation": result.best_history}, out / "fitness.png",
-                 title=f"EvoQ on {task.name}")
-    plot_bits(qm.layer_names, record["bits"], qm.layer_params, out / "bits.png",
-              title=f"{task.name}: {result.avg_bits:.3f} avg bits, {result.size_mb:.4f} MB")
-    plot_sensitivity(table, out / "sensitivity.png", title=f"{task.name}: log10 output MSE, one layer quantized")
-    evoq_report(record, out / "report.md")
     return record

@@ -1,125 +1,15 @@
-"""Reports drawn from result files: Markdown summaries and PNG plots (matplotlib imported lazily)."""
+"""The report of one EvoQ run, drawn from its result files: ``report.md`` and three PNG plots."""
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
+from mixq.errors import MixqError
 from mixq.evoq.sensitivity import SensitivityTable
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_fitness(
-    histories: dict[str, Sequence[float]], path: str | os.PathLike, title: str = "EvoQ search"
-) -> None:
-    """Best fitness (output MSE, log scale) per iteration, one line per run.
-
-    Args:
-        histories: label -> best fitness per iteration.
-        path: PNG file.
-        title: plot title.
-    """
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for label, hist in histories.items():
-        ax.plot(np.arange(len(hist)), hist, label=label)
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("best output MSE (50 samples)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_bits(
-    layers: Sequence[str], bits: Sequence[int], params: Sequence[int], path: str | os.PathLike, title: str = ""
-) -> None:
-    """Bits per layer (bars) beside each layer's parameter count (line, log scale).
-
-    Args:
-        layers: layer names.
-        bits: chosen bits per layer.
-        params: weight parameters per layer.
-        path: PNG file.
-        title: plot title.
-    """
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.22 * len(layers)), 4.2))
-    x = np.arange(len(layers))
-    ax.bar(x, bits, color="tab:blue", alpha=0.8, label="weight bits")
-    ax.set_ylabel("weight bits")
-    ax.set_ylim(0, max(bits) + 1)
-    ax.set_xticks(x)
-    ax.set_xticklabels(layers, rotation=90, fontsize=6)
-    ax2 = ax.twinx()
-    ax2.plot(x, params, color="tab:orange", marker="o", ms=3, label="parameters")
-    ax2.set_yscale("log")
-    ax2.set_ylabel("parameters")
-    ax.set_title(title or "bits per layer")
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_sensitivity(table: SensitivityTable, path: str | os.PathLike, title: str = "") -> None:
-    """Heat map of log10 output MSE per layer (rows) and bit-width (columns).
-
-    Args:
-        table: the sensitivity table.
-        path: PNG file.
-        title: plot title.
-    """
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, max(3.5, 0.2 * len(table.layers) + 1.2)))
-    data = np.log10(np.maximum(table.mse, 1e-12))
-    im = ax.imshow(data, aspect="auto", cmap="viridis")
-    ax.set_xticks(range(len(table.bits)))
-    ax.set_xticklabels(table.bits)
-    ax.set_yticks(range(len(table.layers)))
-    ax.set_yticklabels(table.layers, fontsize=6)
-    ax.set_xlabel("weight bits of that layer alone")
-    ax.set_title(title or "sensitivity: log10 output MSE")
-    fig.colorbar(im, ax=ax, label="log10 MSE")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
-    """A Markdown table.
-
-    Args:
-        rows: dicts of values.
-        columns: (key, header, format spec) triples, e.g. ``("quant_top1", "top-1 %", ".2f")``.
-
-    Returns:
-        The table text.
-    """
-    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + " --- |" * len(columns)]
-    for row in rows:
-        cells = []
-        for key, _, fmt in columns:
-            v = row.get(key, "")
-            cells.append(format(v, fmt) if isinstance(v, (int, float)) and fmt and v is not None else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+from mixq.reports.plots import plot_bits, plot_fitness, plot_sensitivity
+from mixq.reports.tables import markdown_table
 
 
 def evoq_report(result: dict, path: str | os.PathLike) -> None:
@@ -172,3 +62,33 @@ def evoq_report(result: dict, path: str | os.PathLike) -> None:
         "",
     ]
     Path(path).write_text("\n".join(lines))
+
+
+def write_evoq_report(out: str | os.PathLike) -> list[Path]:
+    """Draw the report of an EvoQ run folder from its ``result.json`` and ``sensitivity.json``.
+
+    Args:
+        out: the run folder written by :func:`mixq.evoq.run`.
+
+    Returns:
+        The files written: ``fitness.png``, ``bits.png``, ``sensitivity.png`` (when the table is there)
+        and ``report.md``.
+    """
+    out = Path(out)
+    try:
+        r = json.loads((out / "result.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MixqError(f"cannot read the EvoQ result {str(out / 'result.json')!r}: {exc}") from None
+    written = [out / "fitness.png", out / "bits.png"]
+    plot_fitness({f"{r['mutation']} mutation": r["best_history"]}, written[0], title=f"EvoQ on {r['model']}")
+    plot_bits(r["layers"], r["bits"], r["params"], written[1],
+              title=f"{r['model']}: {r['avg_bits']:.3f} avg bits, {r['size_mb']:.4f} MB")
+    table_path = out / "sensitivity.json"
+    if table_path.exists():
+        table = SensitivityTable.from_dict(json.loads(table_path.read_text()), source=str(table_path))
+        plot_sensitivity(table, out / "sensitivity.png",
+                         title=f"{r['model']}: log10 output MSE, one layer quantized")
+        written.append(out / "sensitivity.png")
+    evoq_report(r, out / "report.md")
+    written.append(out / "report.md")
+    return written

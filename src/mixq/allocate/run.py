@@ -1,0 +1,129 @@
+"""Bit allocation as a library call: a proxy's per-layer costs -> ILP -> BitConfig; and the evaluated run.
+
+    bits = allocate(model, "hawq-v3", samples=x, labels=y, target_bits=3.0)      # a BitConfig
+    record = run_allocation(task, "runs/emq/genotype.json", Budget(avg_bits=3), calibrate=True, out="runs/a")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mixq.allocate.ilp import DEFAULT_BIT_CHOICES, allocate_config
+from mixq.bits import BitConfig, Budget
+from mixq.emq.proxy import proxy_stats_on, resolve_proxy
+from mixq.errors import MixqError
+from mixq.evaluation.task import Task
+from mixq.evoq.calibrate import CalibrationConfig, calibrate
+from mixq.provenance import versions
+from mixq.proxies.base import stats_for
+from mixq.quant.model import QuantModel
+
+
+def allocate(
+    model: nn.Module | QuantModel,
+    proxy: str = "hawq-v3",
+    samples: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    *,
+    target_bits: float | None = None,
+    size_mb: float | None = None,
+    max_gbitops: float | None = None,
+    bit_choices: Sequence[int] = DEFAULT_BIT_CHOICES,
+    fixed: Mapping[str, int] | None = None,
+    act_bits: int = 8,
+    seed: int = 0,
+) -> BitConfig:
+    """Choose one weight bit-width per layer with an integer program on a proxy's per-layer costs.
+
+    Args:
+        model: a float model (wrapped with ``samples`` as calibration data) or a :class:`QuantModel`.
+        proxy: a registered proxy name (``mixq.proxies.list_proxies()``) or an evolved ``genotype.json``.
+        samples: one normalised mini-batch ``(N, C, H, W)`` for the proxy statistics (and the activation
+            ranges when ``model`` is a float model).
+        labels: its labels ``(N,)``, for proxies that need them.
+        target_bits: parameter-weighted average weight bits budget.
+        size_mb: weight size budget in MB.
+        max_gbitops: BitOps budget per sample, in GBitOps.
+        bit_choices: candidate weight bit-widths.
+        fixed: layer name -> pinned bits.
+        act_bits: activation bits when ``model`` is a float model.
+        seed: seed of the proxy's random vectors.
+
+    Returns:
+        The optimal :class:`BitConfig` under the budget.
+    """
+    if samples is None:
+        raise MixqError("allocate needs samples: one normalised mini-batch (N, C, H, W) for the proxy statistics")
+    if target_bits is None and size_mb is None:
+        raise MixqError("allocate needs a budget: target_bits=... and/or size_mb=...")
+    qm = model if isinstance(model, QuantModel) else QuantModel(model, calib=samples, act_bits=act_bits)
+    p = resolve_proxy(proxy)
+    if p.needs_labels and labels is None:
+        raise MixqError(f"proxy {proxy!r} needs labels for its statistics (labels=...)")
+    stats = stats_for(qm, p, samples, labels if p.needs_labels else None, seed=seed)
+    max_bitops = max_gbitops * 1e9 if max_gbitops is not None else None
+    return allocate_config(qm, p.layer_costs(stats, bit_choices), Budget(avg_bits=target_bits, size_mb=size_mb),
+                           bit_choices=bit_choices, max_bitops=max_bitops, fixed=fixed,
+                           x_shape=tuple(samples.shape[1:]) if max_bitops is not None else None)
+
+
+def run_allocation(
+    task: Task,
+    proxy: str,
+    budget: Budget,
+    *,
+    bit_choices: Sequence[int] = DEFAULT_BIT_CHOICES,
+    max_gbitops: float | None = None,
+    proxy_batch: int = 64,
+    act_bits: int = 8,
+    calibrate_after: bool = False,
+    progress: bool = True,
+    out: str | os.PathLike,
+) -> dict[str, Any]:
+    """Allocate bits with a proxy + ILP on a task, evaluate (and optionally calibrate), write the results.
+
+    Args:
+        task: model, calibration samples (the first ``proxy_batch`` feed the proxy) and test split.
+        proxy: registered name or ``genotype.json``.
+        budget: size budget.
+        bit_choices: candidate weight bit-widths.
+        max_gbitops: optional BitOps budget per sample, in GBitOps.
+        proxy_batch: images for the proxy statistics.
+        act_bits: activation bits.
+        calibrate_after: run feature calibration on the allocated model and report it too.
+        progress: progress bars (shown on a terminal only).
+        out: output folder for ``config.json`` and ``result.json``.
+
+    Returns:
+        The ``result.json`` dict.
+    """
+    qm = QuantModel(task.model, calib=task.calib, act_bits=act_bits)
+    p, stats = proxy_stats_on(task, qm, proxy, proxy_batch, task.seed)
+    costs = p.layer_costs(stats, bit_choices)
+    max_bitops = max_gbitops * 1e9 if max_gbitops is not None else None
+    x_shape = tuple(task.calib.shape[1:]) if max_bitops is not None else None
+    cfg = allocate_config(qm, costs, budget, bit_choices=bit_choices, max_bitops=max_bitops, x_shape=x_shape)
+    qm.set_bits(cfg)
+    r = {"model": task.name, "proxy": proxy, "proxy_name": p.name, "budget_avg_bits": budget.avg_bits,
+         "budget_size_mb": budget.size_mb, "max_gbitops": max_gbitops, "avg_bits": qm.avg_bits(),
+         "size_mb": qm.size_mb(), "proxy_seconds": stats.seconds, "samples": int(task.calib.shape[0]),
+         "seed": task.seed, "n_test": len(task.test),
+         "fp32_top1": task.top1(task.model, progress=progress, desc="fp32"),
+         "quant_top1": task.top1(qm, progress=progress, desc="allocated")}
+    if calibrate_after:
+        calibrate(qm, task.calib, CalibrationConfig(seed=task.seed), progress=progress)
+        r["calibrated_top1"] = task.top1(qm, progress=progress, desc="calibrated")
+    r["bits"] = dict(cfg.weights)
+    r["versions"] = versions()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.json")
+    (out / "result.json").write_text(json.dumps(r, indent=1))
+    return r

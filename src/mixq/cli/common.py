@@ -1,0 +1,121 @@
+"""What the command modules share: the model/data arguments, task loading, bit and budget arguments.
+
+Every command module imports this one and the library, never another command module.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from mixq.allocate.run import run_allocation
+from mixq.bits import VALID_BITS, Budget
+from mixq.errors import MixqError
+from mixq.evaluation.task import Task, load_task
+
+EPILOG_DATA = (
+    "Data and checkpoints: --data-root / $MIXQ_DATA (a folder holding cifar10-jpeg/ and imagenet-sample/) "
+    "and --model-root / $MIXQ_MODELS (holding cifar10/ and imagenet/); by default ../shared/data and "
+    "../shared/models are used when present, else the embedded demo (ResNet-20-jpeg, 200 train and 500 "
+    "test CIFAR-10 images)."
+)
+
+
+def add_task_args(p: argparse.ArgumentParser) -> None:
+    """The model, data, calibration and evaluation arguments of every command that loads a task.
+
+    Args:
+        p: the parser.
+    """
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", default="resnet20-jpeg",
+                   help="registry name (see `mixq models`) or package.module:function returning an "
+                        "nn.Module (default: %(default)s)")
+    g.add_argument("--checkpoint", help="state_dict file for a package.module:function model")
+    g.add_argument("--dataset", choices=["cifar10", "imagenet"],
+                   help="dataset of a package.module:function model (default cifar10)")
+    g.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                   help="normalisation mean for a user model (pixels in [0,1]; default ImageNet's)")
+    g.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+                   help="normalisation std for a user model (default ImageNet's)")
+    g.add_argument("--data-root", help="data folder (default $MIXQ_DATA, ../shared/data, or the demo)")
+    g.add_argument("--model-root", help="checkpoint folder (default $MIXQ_MODELS or ../shared/models)")
+    g.add_argument("--samples", type=int, default=50,
+                   help="calibration samples drawn from the train split (default %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the calibration draw (default %(default)s)")
+    g.add_argument("--n-test", type=int, default=None,
+                   help="evaluate on a class-balanced subset of this many test images (default: all)")
+    g.add_argument("--act-bits", type=int, default=8,
+                   help="input (activation) bits of every quantized layer, 32 = float (default %(default)s)")
+    g.add_argument("--batch-size", type=int, default=500, help="evaluation batch size (default %(default)s)")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def task_from_args(args: argparse.Namespace) -> Task:
+    """Load the task named by :func:`add_task_args` arguments.
+
+    Args:
+        args: parsed arguments.
+
+    Returns:
+        The :class:`~mixq.evaluation.task.Task`.
+    """
+    return load_task(
+        args.model, samples=args.samples, seed=args.seed, data_root=args.data_root,
+        model_root=args.model_root, n_test=args.n_test, checkpoint=args.checkpoint,
+        dataset=args.dataset, mean=args.mean, std=args.std,
+    )
+
+
+def check_bits_arg(value: int, flag: str) -> int:
+    """Check a bit-width argument.
+
+    Args:
+        value: the value given.
+        flag: the flag, for the message.
+
+    Returns:
+        The value.
+    """
+    if value not in VALID_BITS:
+        raise MixqError(f"{flag} {value} is out of range: expected 2..8, or 32 for float")
+    return value
+
+
+def add_allocate_args(p: argparse.ArgumentParser) -> None:
+    """The budget and solver arguments shared by ``mixq allocate`` and ``mixq emq allocate``.
+
+    Args:
+        p: the parser.
+    """
+    p.add_argument("--target-bits", type=float, help="average weight bits budget (default 3.0)")
+    p.add_argument("--size-mb", type=float, help="weight size budget in MB")
+    p.add_argument("--max-gbitops", type=float, help="BitOps budget per sample, in GBitOps")
+    p.add_argument("--bit-choices", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7, 8])
+    p.add_argument("--proxy-batch", type=int, default=64, help="images for the proxy statistics")
+    p.add_argument("--out", help="output folder (default runs/allocate-PROXY-BUDGET)")
+
+
+def allocate_command(args: argparse.Namespace, calibrate_after: bool) -> int:
+    """Run an allocation from parsed ``add_allocate_args`` arguments and print its summary.
+
+    Args:
+        args: parsed arguments.
+        calibrate_after: also run feature calibration.
+
+    Returns:
+        Exit code 0.
+    """
+    if args.target_bits is None and args.size_mb is None:
+        args.target_bits = 3.0
+    budget = Budget(avg_bits=args.target_bits, size_mb=args.size_mb)
+    task = task_from_args(args)
+    label = "emq" if args.proxy.endswith(".json") else args.proxy
+    out = args.out or f"runs/allocate-{label}-{args.target_bits or args.size_mb}"
+    r = run_allocation(task, args.proxy, budget, bit_choices=args.bit_choices, max_gbitops=args.max_gbitops,
+                       proxy_batch=args.proxy_batch, act_bits=args.act_bits, calibrate_after=calibrate_after,
+                       progress=not args.no_progress, out=out)
+    print(f"{task.name}, {args.proxy} + ILP: {r['avg_bits']:.3f} avg bits, {r['size_mb']:.4f} MB; "
+          f"top-1 FP32 {r['fp32_top1']:.2f}, allocated {r['quant_top1']:.2f}"
+          + (f", calibrated {r['calibrated_top1']:.2f}" if "calibrated_top1" in r else ""))
+    print(f"wrote {out}/config.json and result.json")
+    return 0

@@ -1,0 +1,101 @@
+"""``mixq evoq``: sensitivity-guided evolutionary bit search, feature calibration and its report."""
+
+from __future__ import annotations
+
+import argparse
+
+from mixq.bits import Budget
+from mixq.cli.common import EPILOG_DATA, add_task_args, check_bits_arg, task_from_args
+from mixq.evoq.calibrate import CalibrationConfig
+from mixq.evoq.run import RunOptions, run_evoq
+from mixq.evoq.search import EvoQConfig
+from mixq.reports.evoq import write_evoq_report
+
+CALIB_DEFAULTS = CalibrationConfig()
+
+
+def cmd_evoq(args: argparse.Namespace) -> int:
+    """EvoQ end to end: sensitivity, evolutionary search, feature calibration, report."""
+    check_bits_arg(args.act_bits, "--act-bits")
+    if args.target_bits is None and args.size_mb is None:
+        args.target_bits = 3.0
+    budget = Budget(avg_bits=args.target_bits, size_mb=args.size_mb)
+    config = EvoQConfig(
+        population=args.population, sample=args.sample_size, iterations=args.iterations,
+        mutation_prob=args.mutation_prob, min_bits=args.min_bits, max_bits=args.max_bits,
+        mutation=args.mutation, seed=args.seed,
+    )
+    out = args.out or f"runs/evoq-{args.model.replace(':', '_')}-{args.target_bits or args.size_mb}"
+    task = task_from_args(args)
+    calibration = CalibrationConfig(
+        epochs=args.calib_epochs, lr=args.calib_lr, alpha=args.calib_alpha, beta=args.calib_beta,
+        optimizer=args.calib_optimizer, augment=not args.calib_no_augment, batch_size=args.calib_batch_size,
+        seed=args.seed,
+    )
+    options = RunOptions(budget=budget, act_bits=args.act_bits, weight_range=args.weight_range,
+                         calibrate=not args.no_calibrate, calibration=calibration,
+                         evaluate_uniform=not args.no_uniform, progress=not args.no_progress)
+    r = run_evoq(task, options, config, out)
+    write_evoq_report(out)
+    print(f"model      {r['model']}  ({r['n_test']} test images, {r['samples']} calibration samples, "
+          f"seed {r['seed']})")
+    print(f"budget     {r['budget']}; found {r['avg_bits']:.3f} avg bits, {r['size_mb']:.4f} MB "
+          f"in {r['search_seconds']:.1f} s ({r['evaluations']} evaluations)")
+    print(f"{'':28} {'top-1 %':>8}")
+    print(f"{'FP32':28} {r['fp32_top1']:8.2f}")
+    if "uniform_top1" in r:
+        print(f"{'uniform ' + str(r['uniform_bits']) + '-bit':28} {r['uniform_top1']:8.2f}")
+    print(f"{'EvoQ search':28} {r['search_top1']:8.2f}")
+    if not args.no_calibrate:
+        print(f"{'EvoQ + feature calibration':28} {r['quant_top1']:8.2f}")
+    print(f"wrote {out}/config.json, result.json, report.md and plots")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``evoq``.
+
+    Args:
+        sub: the main parser's subparsers.
+    """
+    p = sub.add_parser(
+        "evoq", help="EvoQ: sensitivity-guided evolutionary bit search + feature calibration",
+        description="Search per-layer weight bit-widths under a budget by tournament evolution (fitness: "
+                    "output MSE against the float model on --samples images), then calibrate the quantized "
+                    "weights on the same images. Writes config.json, result.json, report.md and plots to "
+                    "--out; an interrupted search resumes from --out/search_state.json.",
+        epilog=EPILOG_DATA,
+    )
+    add_task_args(p)
+    b = p.add_argument_group("budget (default: --target-bits 3.0)")
+    b.add_argument("--target-bits", type=float, help="parameter-weighted average weight bits")
+    b.add_argument("--size-mb", type=float, help="weight size in MB (sum params x bits / 8 / 2^20)")
+    s = p.add_argument_group("search")
+    s.add_argument("--iterations", type=int, default=1000, help="children T (default %(default)s)")
+    s.add_argument("--population", type=int, default=16, help="population P (default %(default)s)")
+    s.add_argument("--sample-size", type=int, default=8, help="tournament sample S (default %(default)s)")
+    s.add_argument("--mutation-prob", type=float, default=0.1, help="per-layer mutation p (default %(default)s)")
+    s.add_argument("--mutation", choices=["guided", "random"], default="guided",
+                   help="sensitivity-guided or random +-1 mutation (default %(default)s)")
+    s.add_argument("--min-bits", type=int, default=2, help="lowest weight bits (default %(default)s)")
+    s.add_argument("--max-bits", type=int, default=8, help="highest weight bits (default %(default)s)")
+    s.add_argument("--weight-range", choices=["minmax", "omse", "aciq"], default="minmax",
+                   help="per-channel weight range: min/max (paper), MSE-optimal, or ACIQ (default %(default)s)")
+    c = p.add_argument_group("feature calibration")
+    c.add_argument("--no-calibrate", action="store_true", help="skip feature calibration")
+    c.add_argument("--calib-epochs", type=int, default=CALIB_DEFAULTS.epochs,
+                   help="steps over the calibration samples (default %(default)s)")
+    c.add_argument("--calib-lr", type=float, default=CALIB_DEFAULTS.lr, help="learning rate (default %(default)s)")
+    c.add_argument("--calib-alpha", type=float, default=CALIB_DEFAULTS.alpha,
+                   help="weight of the output MSE (default %(default)s)")
+    c.add_argument("--calib-beta", type=float, default=CALIB_DEFAULTS.beta,
+                   help="weight of the intermediate-feature MSE (default %(default)s)")
+    c.add_argument("--calib-optimizer", choices=["adam", "sgd"], default=CALIB_DEFAULTS.optimizer,
+                   help="optimizer; the paper uses sgd with momentum 0.9 (default %(default)s)")
+    c.add_argument("--calib-batch-size", type=int, default=CALIB_DEFAULTS.batch_size,
+                   help="samples per step; lower it to save memory on large models (default %(default)s)")
+    c.add_argument("--calib-no-augment", action="store_true",
+                   help="show the calibration images as they are (no random shifts/flips)")
+    p.add_argument("--no-uniform", action="store_true", help="skip evaluating the uniform-bit baseline")
+    p.add_argument("--out", help="output folder (default runs/evoq-MODEL-BUDGET)")
+    p.set_defaults(func=cmd_evoq)
