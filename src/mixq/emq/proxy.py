@@ -11,17 +11,21 @@ path of a genotype file.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
+from mixq.bits import BitConfig
 from mixq.emq.genotype import Genotype
 from mixq.emq.inputs import compute_inputs
 from mixq.emq.interpret import check_shapes, gain_table, layer_values
 from mixq.errors import MixqError
 from mixq.evaluation.task import Task
-from mixq.proxies.base import BITS, LayerStats, Proxy, bit_columns, layer_names_of
+from mixq.proxies.base import BITS, LayerStats, Proxy, bit_columns, bits_matrix, layer_names_of, stats_for
 from mixq.proxies.cache import StatsCache, cached_stats
 from mixq.proxies.registry import get_proxy
 from mixq.quant.model import QuantModel
@@ -115,3 +119,35 @@ def proxy_stats_on(
     proxy = resolve_proxy(spec)
     n = min(batch, task.calib.shape[0])
     return proxy, cached_stats(qm, proxy, task.calib[:n], task.calib_set.labels[:n], seed, cache)
+
+
+def score_configs(
+    proxy: str | Proxy,
+    model: nn.Module | QuantModel,
+    samples: torch.Tensor,
+    configs: Sequence[BitConfig | Mapping[str, int]],
+    labels: torch.Tensor | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Score bit configurations with a proxy (higher = predicted more accurate), without evaluating them.
+
+    Args:
+        proxy: a registered name, a ``genotype.json`` path, or a :class:`Proxy`.
+        model: a float model (wrapped with ``samples`` as calibration data) or a :class:`QuantModel`.
+        samples: one normalised mini-batch ``(N, C, H, W)`` for the statistics.
+        configs: bit configurations (BitConfig or ``{layer name: bits}``), each naming every layer.
+        labels: labels ``(N,)`` for proxies that need them.
+        seed: seed of random vectors.
+
+    Returns:
+        ``(len(configs),)`` scores.
+    """
+    p = resolve_proxy(proxy) if isinstance(proxy, str) else proxy
+    if p.needs_labels and labels is None:
+        raise MixqError(f"proxy {p.name!r} needs labels for its statistics (labels=...)")
+    qm = model if isinstance(model, QuantModel) else QuantModel(model, calib=samples)
+    stats = stats_for(qm, p, samples, labels if p.needs_labels else None, seed=seed)
+    parsed = [c if isinstance(c, BitConfig) else BitConfig.from_dict(dict(c)) for c in configs]
+    for c in parsed:
+        c.validate(qm.layer_names)
+    return p.score(stats, bits_matrix(parsed, qm.layer_names))

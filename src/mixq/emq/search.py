@@ -44,12 +44,12 @@ from typing import Any
 
 import numpy as np
 from scipy import stats as sstats
-from tqdm.auto import tqdm
 
 from mixq.emq.genotype import STRUCTURES, Genotype, crossover, mutate, random_genotype
 from mixq.emq.inputs import SOURCES, FormulaInputs
 from mixq.emq.interpret import FormulaError, check_shapes, gain_table, layer_values
 from mixq.errors import MixqError
+from mixq.progress import progress_bar
 
 METRICS = ("kendall", "spearman")
 SCREEN_REASONS = ("duplicate", "bit-blind", "shape", "probe", "nonfinite", "degenerate", "equivalent")
@@ -373,7 +373,7 @@ def run_search(
         state = _load_state(Path(state_path), config)
     search = FormulaSearch(config, fitness, state)
     t0 = time.perf_counter() - search.state.seconds
-    bar = tqdm(total=config.candidates, initial=search.state.candidates, disable=not progress,
+    bar = progress_bar(total=config.candidates, initial=search.state.candidates, enabled=progress,
                desc="emq search", unit="formula")
 
     def save() -> None:

@@ -6,7 +6,8 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from mixq.progress import progress_bar
 
 
 @torch.no_grad()
@@ -58,7 +59,7 @@ def accuracy(
         Top-1 accuracy in percent.
     """
     correct = seen = 0
-    for x, y in tqdm(batches, total=total, disable=not progress, desc=desc, leave=False):
+    for x, y in progress_bar(batches, total=total, enabled=progress, desc=desc, leave=False):
         correct += int((model(x).argmax(dim=1) == y).sum())
         seen += int(y.numel())
     return 100.0 * correct / max(seen, 1)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mixq.errors import MixqError
 from mixq.evaluation.metrics import output_mse, predict
+from mixq.progress import progress_bar
 from mixq.quant.model import QuantModel
 from mixq.quant.primitives import FLOAT_BITS
 
@@ -127,7 +127,7 @@ def compute_sensitivity(
     try:
         qm.set_bits(FLOAT_BITS)
         ref = predict(qm, x, batch_size)
-        bar = tqdm(total=len(names) * len(bits), desc="sensitivity", disable=not progress, leave=False)
+        bar = progress_bar(total=len(names) * len(bits), desc="sensitivity", enabled=progress, leave=False)
         for j, name in enumerate(names):
             layer = qm.layers[name]
             for k, b in enumerate(bits):
