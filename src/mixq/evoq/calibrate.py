@@ -67,9 +67,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from mixq.errors import MixqError
+from mixq.progress import progress_bar
 from mixq.quant.model import QuantModel
 from mixq.quant.primitives import FLOAT_BITS
 from mixq.quant.ranges import get_range_method
@@ -231,6 +231,95 @@ def _loss(
     return loss
 
 
+@dataclass
+class _Targets:
+    """The teacher's logits and layer outputs on the calibration samples, and each layer's loss scale."""
+
+    logits: torch.Tensor  # (N, K)
+    feats: list[torch.Tensor]  # one (N, ...) output per quantized layer, or empty
+    scales: list[float]  # mean square of each teacher feature (1.0 when not normalised)
+
+
+def _teacher_targets(qm: QuantModel, calib: torch.Tensor, bs: int, tap: _FeatureTap | None,
+                     config: CalibrationConfig) -> _Targets:
+    """The folded float model's logits and layer outputs, computed once in batches of ``bs``."""
+    n = calib.shape[0]
+    t_logits: list[torch.Tensor] = []
+    t_feats: list[list[torch.Tensor]] = [[] for _ in qm.layer_names] if tap is not None else []
+    with torch.no_grad(), qm.float_mode():
+        for i in range(0, n, bs):
+            t_logits.append(qm(calib[i:i + bs]))
+            if tap is not None:
+                for store, f in zip(t_feats, tap.take(), strict=True):
+                    store.append(f)
+    feats = [torch.cat(s) for s in t_feats]
+    scales = [max(float(torch.mean(f ** 2)), 1e-12) if config.normalize_features else 1.0 for f in feats]
+    return _Targets(torch.cat(t_logits), feats, scales)
+
+
+def _dataset_loss(qm: QuantModel, calib: torch.Tensor, bs: int, tap: _FeatureTap | None, targets: _Targets,
+                  config: CalibrationConfig) -> float:
+    """The calibration loss over all samples (no gradients), as a sample-weighted mean of batch losses."""
+    n = calib.shape[0]
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, n, bs):
+            out = qm(calib[i:i + bs])
+            feats = tap.take() if tap is not None else []
+            tf = [f[i:i + bs] for f in targets.feats]
+            total += float(_loss(out, feats, targets.logits[i:i + bs], tf, targets.scales, config)) * out.shape[0]
+    return total / n
+
+
+def _make_optimizer(
+    params: list[nn.Parameter], config: CalibrationConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """The configured optimizer over ``params`` and its learning-rate schedule (None when constant)."""
+    if config.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
+             if config.schedule == "cosine" else None)
+    return opt, sched
+
+
+@dataclass
+class _Student:
+    """The model being calibrated with its feature tap, and the optional augmentation teacher with its tap."""
+
+    qm: QuantModel
+    tap: _FeatureTap | None
+    teacher: QuantModel | None
+    t_tap: _FeatureTap | None
+
+
+def _train_epoch(s: _Student, calib: torch.Tensor, bs: int, targets: _Targets, opt: torch.optim.Optimizer,
+                 gen: torch.Generator, config: CalibrationConfig) -> float:
+    """One pass over the samples in shuffled batches (augmented views when a teacher is given); mean loss."""
+    n = calib.shape[0]
+    order = torch.randperm(n, generator=gen) if bs < n else torch.arange(n)
+    epoch_loss = 0.0
+    for i in range(0, n, bs):
+        idx = order[i:i + bs]
+        if s.teacher is not None:
+            xb = augment_batch(calib[idx], gen)
+            with torch.no_grad(), s.teacher.float_mode():
+                tl = s.teacher(xb)
+                tf = s.t_tap.take() if s.t_tap is not None else []
+        else:
+            xb, tl, tf = calib[idx], targets.logits[idx], [f[idx] for f in targets.feats]
+        out = s.qm(xb)  # straight-through gradients reach the float weights
+        feats = s.tap.take() if s.tap is not None else []
+        loss = _loss(out, feats, tl, tf, targets.scales, config)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()  # in-place update: bumps the weights' version, so the bit caches refresh
+        epoch_loss += float(loss.detach()) * idx.numel()
+    return epoch_loss / n
+
+
 def calibrate(
     qm: QuantModel,
     calib: torch.Tensor,
@@ -260,8 +349,7 @@ def calibrate(
     if not calib.is_floating_point():
         raise MixqError(f"calibration data must be float (normalised), got dtype {calib.dtype}")
     start = time.perf_counter()
-    n = calib.shape[0]
-    bs = min(config.batch_size, n)
+    bs = min(config.batch_size, calib.shape[0])
     layers = [qm.layers[name] for name in qm.layer_names]
     use_feats = config.features == "layers" and config.beta > 0
     was_training = qm.training
@@ -269,92 +357,44 @@ def calibrate(
 
     # the augmentation teacher is copied before the student's hooks exist: a deep copy would carry them
     # (and a copy of their store, which nobody empties)
-    teacher = copy.deepcopy(qm) if config.augment else None
-    tap = _FeatureTap(layers) if use_feats else None
+    student = _Student(qm, None, copy.deepcopy(qm) if config.augment else None, None)
+    student.tap = _FeatureTap(layers) if use_feats else None
     params: list[nn.Parameter] = [m.weight for m in layers]
     if config.train_bias:
         params += [m.bias for m in layers if m.bias is not None]
     result = CalibrationResult()
-    t_tap = None
     try:
-        # teacher targets: the folded float model's logits and layer outputs, computed once
-        t_logits: list[torch.Tensor] = []
-        t_feats: list[list[torch.Tensor]] = [[] for _ in layers] if use_feats else []
-        with torch.no_grad(), qm.float_mode():
-            for i in range(0, n, bs):
-                t_logits.append(qm(calib[i:i + bs]))
-                if tap is not None:
-                    for store, f in zip(t_feats, tap.take(), strict=True):
-                        store.append(f)
-        teacher_logits = torch.cat(t_logits)
-        teacher_feats = [torch.cat(s) for s in t_feats]
-        scales = [max(float(torch.mean(f ** 2)), 1e-12) if config.normalize_features else 1.0
-                  for f in teacher_feats]
-
-        def full_loss() -> float:
-            total = 0.0
-            with torch.no_grad():
-                for i in range(0, n, bs):
-                    out = qm(calib[i:i + bs])
-                    feats = tap.take() if tap is not None else []
-                    tf = [f[i:i + bs] for f in teacher_feats]
-                    total += float(_loss(out, feats, teacher_logits[i:i + bs], tf, scales, config)) * out.shape[0]
-            return total / n
-
-        result.initial_loss = full_loss()
-        if teacher is not None:  # a frozen float copy recomputes the targets on each augmented batch
-            t_tap = _FeatureTap([teacher.layers[name] for name in teacher.layer_names]) if use_feats else None
+        targets = _teacher_targets(qm, calib, bs, student.tap, config)
+        result.initial_loss = _dataset_loss(qm, calib, bs, student.tap, targets, config)
+        if student.teacher is not None:  # a frozen float copy recomputes the targets on each augmented batch
+            t = student.teacher
+            student.t_tap = _FeatureTap([t.layers[name] for name in t.layer_names]) if use_feats else None
         if config.learn_scale:
             for m in layers:
                 if m.weight_quantizer.bits != FLOAT_BITS:
                     params.append(m.weight_quantizer.freeze_grid(m.weight, method=config.grid_init))
         for p in params:
             p.requires_grad_(True)
-        if config.optimizer == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-        else:
-            opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
-                 if config.schedule == "cosine" else None)
+        opt, sched = _make_optimizer(params, config)
         gen = torch.Generator().manual_seed(config.seed)
-        bar = tqdm(range(config.epochs), desc="calibrate", disable=not progress, leave=False)
+        bar = progress_bar(range(config.epochs), enabled=progress, desc="calibrate", leave=False)
         for _ in bar:
-            order = torch.randperm(n, generator=gen) if bs < n else torch.arange(n)
-            epoch_loss = 0.0
-            for i in range(0, n, bs):
-                idx = order[i:i + bs]
-                if teacher is not None:
-                    xb = augment_batch(calib[idx], gen)
-                    with torch.no_grad(), teacher.float_mode():
-                        tl = teacher(xb)
-                        tf = t_tap.take() if t_tap is not None else []
-                else:
-                    xb, tl, tf = calib[idx], teacher_logits[idx], [f[idx] for f in teacher_feats]
-                out = qm(xb)  # straight-through gradients reach the float weights
-                feats = tap.take() if tap is not None else []
-                loss = _loss(out, feats, tl, tf, scales, config)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()  # in-place update: bumps the weights' version, so the bit caches refresh
-                epoch_loss += float(loss.detach()) * idx.numel()
+            result.history.append(_train_epoch(student, calib, bs, targets, opt, gen, config))
             if sched is not None:
                 sched.step()
-            result.history.append(epoch_loss / n)
             bar.set_postfix(loss=f"{result.history[-1]:.4g}")
         bar.close()
         for p in params:
             p.requires_grad_(False)
             p.grad = None
-        result.final_loss = full_loss()
+        result.final_loss = _dataset_loss(qm, calib, bs, student.tap, targets, config)
     finally:
         for p in params:
             p.requires_grad_(False)
             p.grad = None
-        if tap is not None:
-            tap.close()
-        if t_tap is not None:
-            t_tap.close()
+        for tap in (student.tap, student.t_tap):
+            if tap is not None:
+                tap.close()
         qm.train(was_training)
     result.seconds = time.perf_counter() - start
     return result
