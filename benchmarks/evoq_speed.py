@@ -19,7 +19,7 @@ import torch
 from mixq.bits import Budget
 from mixq.evaluation.metrics import predict
 from mixq.evaluation.task import load_task
-from mixq.evoq.search import EvoQConfig, FitnessEvaluator, evoq_search
+from mixq.evoq.bitsearch import EvoQConfig, FitnessEvaluator, evoq_search
 from mixq.evoq.sensitivity import compute_sensitivity
 from mixq.provenance import versions
 from mixq.quant.model import QuantModel

@@ -26,8 +26,8 @@ from pathlib import Path
 from mixq.bits import Budget
 from mixq.evaluation.metrics import predict
 from mixq.evaluation.task import load_task
+from mixq.evoq.bitsearch import EvoQConfig, evoq_search
 from mixq.evoq.calibrate import CalibrationConfig, calibrate
-from mixq.evoq.search import EvoQConfig, evoq_search
 from mixq.evoq.sensitivity import compute_sensitivity
 from mixq.provenance import versions
 from mixq.quant.model import QuantModel

@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
 ]
 FACE = "mixq"  # mixq/__init__.py: the public face, above everything; nothing inside imports it
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
-CLI_SHARED = {"mixq.cli", "mixq.cli.common", "mixq.cli.main"}
+
 
 
 def _module_name(path: Path) -> str:
@@ -138,8 +138,9 @@ def test_command_modules_import_the_library_not_each_other():
         for target, line, _ in _imports(module):
             if _unit(target) != "mixq.cli" or target == module:
                 continue
-            if module == "mixq.cli.main" or (module == "mixq.cli" and target == "mixq.cli.main"):
-                continue  # the parser gathers every command module
+            if module in ("mixq.cli", "mixq.cli.__main__", "mixq.cli.app") and (
+                    module == "mixq.cli.app" or target == "mixq.cli.app"):
+                continue  # the parser gathers every command module; the package and `python -m` run it
             if target != "mixq.cli.common":
                 bad.append(f"{module}:{line} imports the command module {target}")
             if module == "mixq.cli.common":
@@ -180,3 +181,18 @@ def test_checker_catches_a_violation(tmp_path, monkeypatch):
         test_no_import_circles()
     with pytest.raises(AssertionError, match=r"mixq\.cli\.y:1 imports the command module mixq\.cli\.z"):
         test_command_modules_import_the_library_not_each_other()
+
+
+def test_no_package_attribute_shadows_a_module():
+    """``import mixq.pkg.mod as m`` must give the module, not a function re-exported under its name."""
+    import importlib
+
+    bad = []
+    for module in MODULES:
+        if "." not in module or module.endswith(".__main__"):  # importing __main__ would run the command
+            continue
+        parent, name = module.rsplit(".", 1)
+        mod = importlib.import_module(module)
+        if getattr(importlib.import_module(parent), name) is not mod:
+            bad.append(f"{parent}.{name} is {getattr(importlib.import_module(parent), name)!r}, not the module")
+    assert not bad, "\n".join(bad)

@@ -79,5 +79,5 @@ def test_user_model_from_cli(tmp_path, monkeypatch, capsys):
 
 
 def test_console_script_help():
-    res = subprocess.run([sys.executable, "-m", "mixq.cli.main", "eval", "--help"], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "mixq.cli", "eval", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "--bits" in res.stdout and "MIXQ_DATA" in res.stdout

@@ -10,8 +10,8 @@ from torch import nn
 from mixq.bits import Budget
 from mixq.errors import MixqError
 from mixq.evaluation.metrics import predict
+from mixq.evoq.bitsearch import BitSpace, EvoQConfig, evoq_search
 from mixq.evoq.evolution import EvolutionConfig, TournamentEvolution
-from mixq.evoq.search import BitSpace, EvoQConfig, evoq_search
 from mixq.evoq.sensitivity import SensitivityTable, compute_sensitivity
 from mixq.quant.model import QuantModel
 

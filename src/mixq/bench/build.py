@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from mixq.bench.sampling import DEFAULT_CHOICES, MODES, sample_configs
 from mixq.bench.store import MQBench, utc_now
@@ -34,6 +33,7 @@ from mixq.errors import MixqError
 from mixq.evaluation.metrics import accuracy
 from mixq.evaluation.task import Task, load_task
 from mixq.models import get_model_spec, sha256_file
+from mixq.progress import progress_bar
 from mixq.provenance import versions
 from mixq.quant.model import QuantModel
 
@@ -71,12 +71,12 @@ def checkpoint_sha256(
         if checkpoint is None:
             return None, None
         return sha256_file(checkpoint), Path(checkpoint).name
-    from mixq.models.loading import _checkpoint_path  # the resolution create_model uses (demo included)
+    from mixq.models.loading import checkpoint_path  # the resolution create_model uses (demo included)
 
     spec = get_model_spec(model)
     if spec.weights_path is None and spec.checkpoint is None:
         return None, None
-    path = _checkpoint_path(spec, model_root)
+    path = checkpoint_path(spec, model_root)
     return sha256_file(path), Path(path).name
 
 
@@ -176,17 +176,7 @@ def build_benchmark(
         MixqError: bad arguments, an existing file that is not a benchmark or was built with other
             settings, or any model / data loading error.
     """
-    i_shard, n_shards = shard
-    if not (isinstance(n_shards, int) and isinstance(i_shard, int) and 0 <= i_shard < n_shards):
-        raise MixqError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
-    if mode not in MODES:
-        raise MixqError(f"unknown sampling mode {mode!r}; expected one of {list(MODES)}")
-    for label, value, low in (("number of configurations", n, 1), ("seed", seed, 0),
-                              ("calibration samples", samples, 1), ("batch size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise MixqError(f"{label} must be an integer >= {low}, got {value!r}")
-    if n_test is not None and (isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 1):
-        raise MixqError(f"n_test must be a positive integer or None (full test split), got {n_test!r}")
+    _check_arguments(n, seed, mode, samples, batch_size, n_test, shard)
     path = Path(path)
     want = _settings(model, n, seed, mode, samples, n_test, choices, pinned_bits)
     existing = MQBench.open(path) if path.exists() else None
@@ -229,32 +219,57 @@ def build_benchmark(
     try:
         configs = sample_configs(qm.layer_names, qm.layer_params, n, seed=seed, mode=mode, choices=choices,
                                  pinned_bits=pinned_bits)
-        pending = bench.pending(configs)
-        mine = set(configs[i_shard::n_shards])  # by position in the sampled list: shards never overlap
-        todo = [c for c in pending if c in mine]
-        bar = tqdm(total=n - len(pending) + len(todo), initial=n - len(pending), disable=not progress,
-                   desc=f"bench {model}" + (f" shard {i_shard}/{n_shards}" if n_shards > 1 else ""), unit="cfg")
-        try:
-            for bits in todo:
-                if bits in bench:  # labelled meanwhile by another process
-                    bar.update(1)
-                    continue
-                t0 = time.perf_counter()
-                top1 = _evaluate(qm, task, bits, batch_size)
-                seconds = time.perf_counter() - t0
-                if bits in bench:  # another process labelled it while this one was evaluating
-                    bar.update(1)
-                    continue
-                bench.add(bits, top1, avg_bits=qm.avg_bits(dict(zip(qm.layer_names, bits, strict=True))),
-                          size_mb=qm.size_mb(dict(zip(qm.layer_names, bits, strict=True))), seconds=seconds)
-                bar.update(1)
-                bar.set_postfix(top1=f"{top1:.2f}")
-        finally:
-            bar.close()
+        _label_pending(bench, qm, task, configs, n, shard, batch_size,
+                       desc=f"bench {model}" + (f" shard {shard[0]}/{shard[1]}" if shard[1] > 1 else ""),
+                       progress=progress)
     except BaseException:
         bench.close()
         raise
     return bench
+
+
+def _check_arguments(n: int, seed: int, mode: str, samples: int, batch_size: int, n_test: int | None,
+                     shard: tuple[int, int]) -> None:
+    """One clear error for any malformed build argument."""
+    i_shard, n_shards = shard
+    if not (isinstance(n_shards, int) and isinstance(i_shard, int) and 0 <= i_shard < n_shards):
+        raise MixqError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+    if mode not in MODES:
+        raise MixqError(f"unknown sampling mode {mode!r}; expected one of {list(MODES)}")
+    for label, value, low in (("number of configurations", n, 1), ("seed", seed, 0),
+                              ("calibration samples", samples, 1), ("batch size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise MixqError(f"{label} must be an integer >= {low}, got {value!r}")
+    if n_test is not None and (isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 1):
+        raise MixqError(f"n_test must be a positive integer or None (full test split), got {n_test!r}")
+
+
+def _label_pending(bench: MQBench, qm: QuantModel, task: Task, configs: list[tuple[int, ...]], n: int,
+                   shard: tuple[int, int], batch_size: int, desc: str, progress: bool) -> None:
+    """Label this shard's configurations that the file does not hold yet, committing each at once."""
+    i_shard, n_shards = shard
+    pending = bench.pending(configs)
+    mine = set(configs[i_shard::n_shards])  # by position in the sampled list: shards never overlap
+    todo = [c for c in pending if c in mine]
+    bar = progress_bar(total=n - len(pending) + len(todo), initial=n - len(pending), enabled=progress,
+                       desc=desc, unit="cfg")
+    try:
+        for bits in todo:
+            if bits in bench:  # labelled meanwhile by another process
+                bar.update(1)
+                continue
+            t0 = time.perf_counter()
+            top1 = _evaluate(qm, task, bits, batch_size)
+            seconds = time.perf_counter() - t0
+            if bits in bench:  # another process labelled it while this one was evaluating
+                bar.update(1)
+                continue
+            bench.add(bits, top1, avg_bits=qm.avg_bits(dict(zip(qm.layer_names, bits, strict=True))),
+                      size_mb=qm.size_mb(dict(zip(qm.layer_names, bits, strict=True))), seconds=seconds)
+            bar.update(1)
+            bar.set_postfix(top1=f"{top1:.2f}")
+    finally:
+        bar.close()
 
 
 def _check_same_model(bench: MQBench, qm: QuantModel, sha: str | None, data: dict[str, Any]) -> None:

@@ -1,9 +1,9 @@
 """The ``mixq`` command line: a thin layer over the library, one module per command group.
 
-:mod:`~mixq.cli.main` builds the parser and runs a command; :mod:`~mixq.cli.common` holds the shared
+:mod:`~mixq.cli.app` builds the parser and runs a command; :mod:`~mixq.cli.common` holds the shared
 arguments and task loading. Command modules import the library, never one another.
 """
 
-from mixq.cli.main import build_parser, main
+from mixq.cli.app import build_parser, main
 
 __all__ = ["build_parser", "main"]

@@ -1,7 +1,7 @@
 """``mixq bench`` subcommands: build, export, info, query.
 
 Wire into the main parser with ``add_bench_commands(sub)`` inside :func:`mixq.cli.build_parser`.
-Every handler raises :class:`~mixq.errors.MixqError` for bad input, which ``mixq.cli.main`` turns into
+Every handler raises :class:`~mixq.errors.MixqError` for bad input, which ``mixq.cli.app`` turns into
 one ``mixq: error: ...`` line and exit code 2.
 """
 

@@ -6,9 +6,9 @@ import argparse
 
 from mixq.bits import Budget
 from mixq.cli.common import EPILOG_DATA, add_task_args, check_bits_arg, task_from_args
+from mixq.evoq.bitsearch import EvoQConfig
 from mixq.evoq.calibrate import CalibrationConfig
-from mixq.evoq.run import RunOptions, run_evoq
-from mixq.evoq.search import EvoQConfig
+from mixq.evoq.pipeline import RunOptions, run_evoq
 from mixq.reports.evoq import write_evoq_report
 
 CALIB_DEFAULTS = CalibrationConfig()

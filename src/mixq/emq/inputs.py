@@ -39,7 +39,7 @@ from torch import nn
 
 from mixq.errors import MixqError
 from mixq.proxies.base import check_batch, layer_forward, layer_modules, prepared, weight_at_bits
-from mixq.proxies.hessian import _grads_with_graph, _rademacher, hessian_vector_product
+from mixq.proxies.hessian import grads_with_graph, hessian_vector_product, rademacher
 from mixq.quant.primitives import FLOAT_BITS
 
 SOURCES: dict[str, str] = {
@@ -219,33 +219,10 @@ def compute_inputs(
             tensors["weight"] = [w.detach().float().clone() for w in weights]
         layer_inputs = None
         if "act" in sources or "oerror" in sources:
-            t0 = time.perf_counter()
-            outs: list[torch.Tensor | None] = [None] * len(modules)
-            ins: list[torch.Tensor | None] = [None] * len(modules)
-            handles = [m.register_forward_hook(_keep_first(outs, ins, i)) for i, m in enumerate(modules)]
-            try:
-                with torch.no_grad():
-                    model(x[:act_samples])
-            finally:
-                for h in handles:
-                    h.remove()
-            if "act" in sources:
-                tensors["act"] = [_checked(t, layer_names[i]) for i, t in enumerate(outs)]
-            if "oerror" in sources:
-                layer_inputs = [_checked(t, layer_names[i]) for i, t in enumerate(ins)]
-            seconds["act"] = time.perf_counter() - t0
+            layer_inputs = _activation_sources(model, modules, layer_names, x[:act_samples], sources, tensors,
+                                               seconds)
         if "grad" in sources or "hessian" in sources:
-            t0 = time.perf_counter()
-            loss = F.cross_entropy(model(x), y)
-            grads = _grads_with_graph(loss, weights)
-            if "grad" in sources:
-                tensors["grad"] = [g.detach().float().clone() for g in grads]
-                seconds["grad"] = time.perf_counter() - t0
-            if "hessian" in sources:
-                t0 = time.perf_counter()
-                tensors["hessian"] = _hessian_diagonal(weights, grads, hessian_samples, seed)
-                seconds["hessian"] = time.perf_counter() - t0
-            del grads, loss
+            _gradient_sources(model, weights, x, y, sources, hessian_samples, seed, tensors, seconds)
         if "vgrad" in sources:
             t0 = time.perf_counter()
             ones = torch.ones((1, *x.shape[1:]), dtype=x.dtype, device=x.device)
@@ -261,6 +238,45 @@ def compute_inputs(
                 net_output = model(net_input).float()
     return FormulaInputs(tuple(layer_names), tensors, float_weights, modules, layer_inputs,
                          model if "nerror" in sources else None, net_input, net_output, seconds)
+
+
+def _activation_sources(
+    model: nn.Module, modules: list[nn.Module], layer_names: Sequence[str], x: torch.Tensor, sources: Sequence[str],
+    tensors: dict[str, list[torch.Tensor]], seconds: dict[str, float],
+) -> list[torch.Tensor] | None:
+    """Each layer's output (``act``) from one no-grad pass; returns each layer's input when ``oerror`` is asked."""
+    t0 = time.perf_counter()
+    outs: list[torch.Tensor | None] = [None] * len(modules)
+    ins: list[torch.Tensor | None] = [None] * len(modules)
+    handles = [m.register_forward_hook(_keep_first(outs, ins, i)) for i, m in enumerate(modules)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    if "act" in sources:
+        tensors["act"] = [_checked(t, layer_names[i]) for i, t in enumerate(outs)]
+    layer_inputs = [_checked(t, layer_names[i]) for i, t in enumerate(ins)] if "oerror" in sources else None
+    seconds["act"] = time.perf_counter() - t0
+    return layer_inputs
+
+
+def _gradient_sources(
+    model: nn.Module, weights: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, sources: Sequence[str],
+    hessian_samples: int, seed: int, tensors: dict[str, list[torch.Tensor]], seconds: dict[str, float],
+) -> None:
+    """The cross-entropy weight gradient (``grad``) and the Hutchinson Hessian diagonal (``hessian``)."""
+    t0 = time.perf_counter()
+    loss = F.cross_entropy(model(x), y)
+    grads = grads_with_graph(loss, weights)
+    if "grad" in sources:
+        tensors["grad"] = [g.detach().float().clone() for g in grads]
+        seconds["grad"] = time.perf_counter() - t0
+    if "hessian" in sources:
+        t0 = time.perf_counter()
+        tensors["hessian"] = _hessian_diagonal(weights, grads, hessian_samples, seed)
+        seconds["hessian"] = time.perf_counter() - t0
 
 
 def _keep_first(outs: list, ins: list, i: int):
@@ -286,7 +302,7 @@ def _hessian_diagonal(
     gen = torch.Generator().manual_seed(seed)
     acc = [torch.zeros_like(w, dtype=torch.float64) for w in weights]
     for _ in range(n_samples):
-        v = [_rademacher(w, gen) for w in weights]
+        v = [rademacher(w, gen) for w in weights]
         hv = hessian_vector_product(None, weights, v, grads=grads)
         for a, vi, h in zip(acc, v, hv):
             a += (vi * h).double()

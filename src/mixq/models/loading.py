@@ -102,7 +102,7 @@ def _load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
         raise MixqError(f"checkpoint {source} does not fit {what}: {'; '.join(parts)}")
 
 
-def _checkpoint_path(spec: ModelSpec, model_root: str | os.PathLike | None) -> Path:
+def checkpoint_path(spec: ModelSpec, model_root: str | os.PathLike | None) -> Path:
     """Where the checkpoint of ``spec`` is: package weights, model root, or the embedded demo copy."""
     if spec.weights_path is not None:
         return Path(spec.weights_path())
@@ -146,7 +146,7 @@ def create_model(
     spec = get_model_spec(name)
     model = spec.builder()
     if pretrained:
-        path = _checkpoint_path(spec, model_root)
+        path = checkpoint_path(spec, model_root)
         if spec.sha256_prefix is not None:
             digest = sha256_file(path)
             if not digest.startswith(spec.sha256_prefix):

@@ -15,7 +15,16 @@ import torch
 LossFn = Callable[[], torch.Tensor]
 
 
-def _grads_with_graph(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def grads_with_graph(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """First derivatives of ``loss`` that can be differentiated again (zeros for unused parameters).
+
+    Args:
+        loss: a scalar.
+        params: the tensors to differentiate by.
+
+    Returns:
+        One gradient per parameter, with its graph.
+    """
     grads = torch.autograd.grad(loss, list(params), create_graph=True, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
 
@@ -41,7 +50,7 @@ def hessian_vector_product(
     if grads is None:
         if loss is None:
             raise ValueError("hessian_vector_product needs a loss or precomputed grads")
-        grads = _grads_with_graph(loss, params)
+        grads = grads_with_graph(loss, params)
     pairs = [(g, u) for g, u in zip(grads, v) if g.requires_grad]
     if not pairs:  # loss is linear in params: H = 0
         return [torch.zeros_like(p) for p in params]
@@ -52,7 +61,16 @@ def hessian_vector_product(
     return [torch.zeros_like(p) if h is None else h.detach() for h, p in zip(hv, params)]
 
 
-def _rademacher(p: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def rademacher(p: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random +-1 tensor shaped like ``p`` (Hutchinson probe vectors).
+
+    Args:
+        p: the tensor whose shape, dtype and device to take.
+        gen: the generator to draw from.
+
+    Returns:
+        The +-1 tensor.
+    """
     r = torch.randint(0, 2, p.shape, generator=gen, dtype=torch.int8)
     return (r.to(p.dtype) * 2 - 1).to(p.device)
 
@@ -78,10 +96,10 @@ def hutchinson_trace(
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     gen = torch.Generator().manual_seed(seed)
-    grads = _grads_with_graph(loss_fn(), params)
+    grads = grads_with_graph(loss_fn(), params)
     total = np.zeros(len(params), dtype=np.float64)
     for _ in range(n_samples):
-        v = [_rademacher(p, gen) for p in params]
+        v = [rademacher(p, gen) for p in params]
         hv = hessian_vector_product(None, params, v, grads=grads)
         total += np.array([float((a * b).sum()) for a, b in zip(v, hv)])
     return total / n_samples
@@ -107,7 +125,7 @@ def top_eigenvalues(
         ``(len(params),)`` float64 eigenvalues of largest magnitude (signed Rayleigh quotients).
     """
     gen = torch.Generator().manual_seed(seed)
-    grads = _grads_with_graph(loss_fn(), params)
+    grads = grads_with_graph(loss_fn(), params)
     out = np.zeros(len(params), dtype=np.float64)
     for i, (p, g) in enumerate(zip(params, grads)):
         v = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)

@@ -68,7 +68,7 @@ def write_evoq_report(out: str | os.PathLike) -> list[Path]:
     """Draw the report of an EvoQ run folder from its ``result.json`` and ``sensitivity.json``.
 
     Args:
-        out: the run folder written by :func:`mixq.evoq.run`.
+        out: the run folder written by :func:`mixq.evoq.pipeline`.
 
     Returns:
         The files written: ``fitness.png``, ``bits.png``, ``sensitivity.png`` (when the table is there)

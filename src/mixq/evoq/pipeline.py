@@ -23,8 +23,8 @@ from mixq.bits import Budget
 from mixq.errors import MixqError
 from mixq.evaluation.metrics import predict
 from mixq.evaluation.task import Task
+from mixq.evoq.bitsearch import EvoQConfig, EvoQResult, evoq_search
 from mixq.evoq.calibrate import CalibrationConfig, calibrate
-from mixq.evoq.search import EvoQConfig, EvoQResult, evoq_search
 from mixq.evoq.sensitivity import SensitivityTable, compute_sensitivity
 from mixq.provenance import versions
 from mixq.quant.model import QuantModel
@@ -84,7 +84,14 @@ def budget_text(budget: Budget) -> str:
     return " and ".join(parts)
 
 
-def _check_feasible(qm: QuantModel, budget: Budget, min_bits: int) -> None:
+def check_feasible(qm: QuantModel, budget: Budget, min_bits: int) -> None:
+    """Raise when even ``min_bits`` everywhere is over the budget.
+
+    Args:
+        qm: the model.
+        budget: the budget.
+        min_bits: the lowest bit-width of the search.
+    """
     if qm.total_params * min_bits > budget.max_bit_params(qm.total_params) * (1 + 1e-12):
         raise MixqError(
             f"budget is infeasible: {min_bits} bits everywhere already needs {qm.size_mb(min_bits):.4f} "
@@ -122,7 +129,7 @@ def run_evoq(task: Task, options: RunOptions, config: EvoQConfig, out: str | os.
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     qm = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits, weight_range=options.weight_range)
-    _check_feasible(qm, options.budget, config.min_bits)
+    check_feasible(qm, options.budget, config.min_bits)
     reference = predict(task.model, task.calib)  # float logits (N, K)
     table = _sensitivity(qm, task.calib, out, options.progress)
     result: EvoQResult = evoq_search(

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mixq.bits import BitConfig, Budget
 from mixq.errors import MixqError
 from mixq.evaluation.metrics import output_mse
 from mixq.evoq.evolution import EvolutionConfig, EvolutionState, Genome, TournamentEvolution
 from mixq.evoq.sensitivity import SensitivityTable
+from mixq.progress import progress_bar
 from mixq.quant.model import QuantModel
 
 MUTATIONS = ("guided", "random")
@@ -235,6 +235,8 @@ class EvoQResult:
         iterations: children produced.
         seconds: search wall time (this process; resumed runs add up).
         settings: the EvoQConfig as a dict.
+        sensitivity_seconds: wall time of the sensitivity table (set by :func:`mixq.evoq.bitsearch`; 0 when
+            the table was given).
     """
 
     config: BitConfig
@@ -247,6 +249,12 @@ class EvoQResult:
     iterations: int
     seconds: float
     settings: dict = field(default_factory=dict)
+    sensitivity_seconds: float = 0.0
+
+    @property
+    def bits(self) -> BitConfig:
+        """The best bit configuration (the same as :attr:`config`), ready for ``mixq.quantize``."""
+        return self.config
 
 
 class FitnessEvaluator:
@@ -265,6 +273,36 @@ class FitnessEvaluator:
     def __call__(self, genome: Genome) -> float:
         self.qm.set_bits_tuple(genome)
         return output_mse(self.qm(self.x), self.reference)
+
+
+class _SearchCheckpoint:
+    """The JSON file a search saves its state to and resumes from, tied to the search by a signature."""
+
+    def __init__(self, path: str | os.PathLike | None, signature: dict) -> None:
+        self.path = Path(path) if path is not None else None
+        self.signature = signature
+
+    def load(self) -> tuple[EvolutionState | None, float]:
+        """The saved state and seconds already spent, or ``(None, 0.0)`` when there is no checkpoint."""
+        if self.path is None or not self.path.exists():
+            return None, 0.0
+        try:
+            saved = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise MixqError(f"search checkpoint {str(self.path)!r} is unreadable: {exc}") from None
+        if saved.get("signature") != json.loads(json.dumps(self.signature)):
+            raise MixqError(f"search checkpoint {str(self.path)!r} belongs to a different search; remove it or "
+                            f"use another output folder")
+        return EvolutionState.from_dict(saved["state"]), float(saved.get("seconds", 0.0))
+
+    def save(self, search: TournamentEvolution, seconds: float) -> None:
+        """Write the search state atomically (temporary file, then rename)."""
+        if self.path is None:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"signature": self.signature, "state": search.state.to_dict(),
+                                   "seconds": seconds}))
+        os.replace(tmp, self.path)
 
 
 def evoq_search(
@@ -300,25 +338,9 @@ def evoq_search(
     evaluate = FitnessEvaluator(qm, x, reference)
     # a checkpoint resumes the same search; more iterations may be asked for (extends the run)
     settings = {k: v for k, v in asdict(config).items() if k != "iterations"}
-    signature = {"layers": qm.layer_names, "settings": settings, "limit": space.limit}
-    state, elapsed = None, 0.0
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and ckpt.exists():
-        try:
-            saved = json.loads(ckpt.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise MixqError(f"search checkpoint {str(ckpt)!r} is unreadable: {exc}") from None
-        if saved.get("signature") != json.loads(json.dumps(signature)):
-            raise MixqError(f"search checkpoint {str(ckpt)!r} belongs to a different search; remove it or "
-                            f"use another output folder")
-        state, elapsed = EvolutionState.from_dict(saved["state"]), float(saved.get("seconds", 0.0))
-
-    def save(search: TournamentEvolution, seconds: float) -> None:
-        if ckpt is None:
-            return
-        tmp = ckpt.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"signature": signature, "state": search.state.to_dict(), "seconds": seconds}))
-        os.replace(tmp, ckpt)
+    ckpt = _SearchCheckpoint(checkpoint, {"layers": qm.layer_names, "settings": settings, "limit": space.limit})
+    state, elapsed = ckpt.load()
+    save = ckpt.save
 
     t0 = time.perf_counter()
     search = TournamentEvolution(
@@ -328,7 +350,7 @@ def evoq_search(
         lambda rng: space.initial(math.floor(target + 1e-9), rng, config.population),
         state=state,
     )
-    bar = tqdm(total=config.iterations, initial=search.state.iteration, desc="evoq", disable=not progress)
+    bar = progress_bar(total=config.iterations, initial=search.state.iteration, desc="evoq", enabled=progress)
     while not search.done:
         search.step()
         bar.update()

@@ -1,0 +1,7 @@
+"""``python -m mixq.cli``: the ``mixq`` command."""
+
+import sys
+
+from mixq.cli.app import main
+
+sys.exit(main())

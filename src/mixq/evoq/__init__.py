@@ -1,0 +1,146 @@
+"""EvoQ: evolutionary mixed-precision search with 50-sample output-MSE fitness, then feature calibration.
+
+    import mixq
+    result = mixq.evoq.search(model, samples, target_bits=3.0, seed=0)   # bits, fitness history, timings
+    record = mixq.evoq.run(task, "runs/evoq", target_bits=3.0)          # the whole ``mixq evoq`` pipeline
+
+Modules: :mod:`~mixq.evoq.sensitivity` (the per-layer table, eq. 4), :mod:`~mixq.evoq.evolution` (a
+generic, torch-free tournament evolution), :mod:`~mixq.evoq.bitsearch` (the bit genome: budget repair,
+sensitivity-guided mutation, fitness, the search loop), :mod:`~mixq.evoq.calibrate` (feature
+calibration, Alg. 2) and :mod:`~mixq.evoq.pipeline` (sensitivity -> search -> calibration -> evaluation
+-> result files).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+from torch import nn
+
+from mixq.bits import Budget
+from mixq.evaluation.metrics import predict
+from mixq.evaluation.task import Task
+from mixq.evoq.bitsearch import MUTATIONS, BitSpace, EvoQConfig, EvoQResult, FitnessEvaluator, evoq_search
+from mixq.evoq.calibrate import CalibrationConfig, CalibrationResult
+from mixq.evoq.evolution import EvolutionConfig, EvolutionState, TournamentEvolution
+from mixq.evoq.pipeline import RunOptions, check_feasible, run_evoq
+from mixq.evoq.sensitivity import SensitivityTable, compute_sensitivity
+from mixq.quant.model import QuantModel
+
+__all__ = [
+    "MUTATIONS",
+    "BitSpace",
+    "CalibrationConfig",
+    "CalibrationResult",
+    "EvoQConfig",
+    "EvoQResult",
+    "EvolutionConfig",
+    "EvolutionState",
+    "FitnessEvaluator",
+    "RunOptions",
+    "SensitivityTable",
+    "TournamentEvolution",
+    "compute_sensitivity",
+    "evoq_search",
+    "run",
+    "run_evoq",
+    "search",
+]
+
+
+def search(
+    model: nn.Module | QuantModel,
+    samples: torch.Tensor,
+    *,
+    target_bits: float | None = None,
+    size_mb: float | None = None,
+    seed: int = 0,
+    act_bits: int = 8,
+    weight_range: str = "minmax",
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool = True,
+    **settings: object,
+) -> EvoQResult:
+    """Search per-layer weight bits under a budget: sensitivity table, then EvoQ's tournament evolution.
+
+    Args:
+        model: the float model (wrapped with ``samples`` as calibration data), or a :class:`QuantModel`
+            (its activation ranges and weight ranges are used as they are; left at the best bits).
+        samples: normalised calibration inputs ``(N, C, H, W)``; the fitness is the output MSE against the
+            float model on them.
+        target_bits: parameter-weighted average weight bits budget (default 3.0 when no size is given).
+        size_mb: weight size budget in MB.
+        seed: seed of the evolution.
+        act_bits: activation bits when ``model`` is a float model.
+        weight_range: ``"minmax"``, ``"omse"`` or ``"aciq"`` when ``model`` is a float model.
+        checkpoint: JSON file to save the search to and resume it from.
+        progress: progress bars (on a terminal only).
+        **settings: other :class:`EvoQConfig` fields (``iterations``, ``population``, ``sample``,
+            ``mutation_prob``, ``mutation``, ``min_bits``, ``max_bits``).
+
+    Returns:
+        The :class:`EvoQResult`: ``bits`` (a BitConfig), ``fitness``, ``best_history``, ``avg_bits``,
+        ``size_mb``, ``seconds`` and ``sensitivity_seconds``.
+    """
+    if target_bits is None and size_mb is None:
+        target_bits = 3.0
+    budget = Budget(avg_bits=target_bits, size_mb=size_mb)
+    config = EvoQConfig(seed=seed, **settings)  # type: ignore[arg-type]
+    qm = model if isinstance(model, QuantModel) else QuantModel(model, calib=samples, act_bits=act_bits,
+                                                                weight_range=weight_range)
+    check_feasible(qm, budget, config.min_bits)
+    if isinstance(model, QuantModel):
+        with qm.float_mode():
+            reference = predict(qm, samples)  # float logits (N, K) of the folded model
+    else:
+        reference = predict(model, samples)  # float logits (N, K), as the pipeline computes them
+    t0 = time.perf_counter()
+    table = compute_sensitivity(qm, samples, progress=progress)
+    table_seconds = time.perf_counter() - t0
+    result = evoq_search(qm, samples, reference, budget, config, sensitivity=table, checkpoint=checkpoint,
+                         progress=progress)
+    result.sensitivity_seconds = table_seconds
+    return result
+
+
+def run(
+    task: Task,
+    out: str | os.PathLike,
+    *,
+    target_bits: float | None = None,
+    size_mb: float | None = None,
+    config: EvoQConfig | None = None,
+    calibration: CalibrationConfig | None = None,
+    act_bits: int = 8,
+    weight_range: str = "minmax",
+    calibrate_after: bool = True,
+    evaluate_uniform: bool = True,
+    progress: bool = True,
+) -> dict:
+    """The ``mixq evoq`` pipeline: sensitivity, search, feature calibration, evaluation, result files.
+
+    Args:
+        task: model, calibration samples and test split (:func:`mixq.load_task`).
+        out: output folder (an existing search checkpoint there resumes the search).
+        target_bits: average weight bits budget (default 3.0 when no size is given).
+        size_mb: weight size budget in MB.
+        config: search settings (default :class:`EvoQConfig` with the task's seed).
+        calibration: feature calibration settings (default :class:`CalibrationConfig` with the task's seed).
+        act_bits: activation bits.
+        weight_range: per-channel weight range method.
+        calibrate_after: run feature calibration after the search.
+        evaluate_uniform: also evaluate uniform bits at floor(target).
+        progress: progress bars (on a terminal only).
+
+    Returns:
+        The ``result.json`` dict; :func:`mixq.reports.write_evoq_report` draws the report from ``out``.
+    """
+    if target_bits is None and size_mb is None:
+        target_bits = 3.0
+    options = RunOptions(budget=Budget(avg_bits=target_bits, size_mb=size_mb), act_bits=act_bits,
+                         weight_range=weight_range, calibrate=calibrate_after,
+                         calibration=calibration or CalibrationConfig(seed=task.seed),
+                         evaluate_uniform=evaluate_uniform, progress=progress)
+    return run_evoq(task, options, config or EvoQConfig(seed=task.seed), out)
