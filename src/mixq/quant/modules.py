@@ -69,6 +69,41 @@ class WeightQuantizer(nn.Module):
         scale, zp = grid
         return fake_quantize(w, torch.clamp(scale, min=1e-12), zp, self.bits, axis=0)
 
+    def qparams(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The grid the current bit-width uses for ``w``: the frozen one, or the range method's.
+
+        Args:
+            w: the float weight.
+
+        Returns:
+            ``(scale (C,) float32, zero_point (C,) int32)`` on the unsigned grid ``[0, 2^bits - 1]``.
+        """
+        if self.bits == FLOAT_BITS:
+            raise MixqError("a float (32-bit) weight has no quantization grid")
+        grid = self.grids.get(self.bits)
+        if grid is not None:
+            return torch.clamp(grid[0].detach(), min=1e-12), grid[1]
+        lo, hi = get_range_method(self.method)(w.detach(), self.bits, 0)
+        return asym_qparams(lo, hi, self.bits)
+
+    @torch.no_grad()
+    def integer_weight(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The integer codes of the quantized weight: ``forward(w) == (q - zp) * scale`` per channel.
+
+        Args:
+            w: the float weight ``(C_out, ...)``.
+
+        Returns:
+            ``(q, scale, zero_point)``: int32 codes in ``[0, 2^bits - 1]`` shaped like ``w``, float32 scale
+            ``(C_out,)`` and int32 zero point ``(C_out,)``.
+        """
+        scale, zp = self.qparams(w)
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        qmax = (1 << self.bits) - 1
+        q = torch.clamp(torch.round(w.detach() * torch.reciprocal(scale).reshape(shape)) + zp.reshape(shape).float(),
+                        0, qmax)
+        return q.to(torch.int32), scale, zp
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         """Return the (fake-)quantized weight at the current bit-width.
 
