@@ -10,9 +10,10 @@ The face of the library, a handful of verbs::
     print(mixq.evaluate(qm, task))                                   # top-1 %
     result.bits.save("config.json")                                  # {"conv1": 8, "layer1.0.conv1": 3, ...}
 
-``mixq.emq`` (``score``, ``evolve``) and ``mixq.allocate(...)`` (proxy + ILP) complete it; the packages
+``mixq.emq`` (``score``, ``evolve``), ``mixq.allocate(...)`` (proxy + ILP), ``mixq.export(qm, "m.onnx")``
+and ``mixq.load_quantized("m.pt")`` complete it; the packages
 below hold the rest (``mixq.quant``, ``mixq.models``, ``mixq.data``, ``mixq.evaluation``, ``mixq.evoq``,
-``mixq.bench``, ``mixq.proxies``, ``mixq.emq``, ``mixq.allocate``, ``mixq.reports``).
+``mixq.bench``, ``mixq.proxies``, ``mixq.emq``, ``mixq.allocate``, ``mixq.reports``, ``mixq.export``).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from mixq import allocate, bench, data, emq, evaluation, evoq, models, proxies, quant, reports
+from mixq import allocate, bench, data, emq, evaluation, evoq, export, models, proxies, quant, reports
 from mixq.bits import BitConfig, Budget
 from mixq.errors import MixqError
 from mixq.evaluation import Task, accuracy, load_task
 from mixq.evoq.calibrate import CalibrationConfig
 from mixq.evoq.calibrate import calibrate as _calibrate
+from mixq.export import load_quantized
 from mixq.models import create_model, list_models
 from mixq.quant import QuantModel
 
@@ -49,7 +51,9 @@ __all__ = [
     "evaluate",
     "evaluation",
     "evoq",
+    "export",
     "list_models",
+    "load_quantized",
     "load_task",
     "models",
     "proxies",

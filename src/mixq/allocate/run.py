@@ -23,7 +23,7 @@ from mixq.evaluation.task import Task
 from mixq.evoq.calibrate import CalibrationConfig, calibrate
 from mixq.provenance import versions
 from mixq.proxies.base import stats_for
-from mixq.quant.model import QuantModel
+from mixq.quant.model import QuantModel, save_calibrated
 
 
 def allocate(
@@ -117,13 +117,15 @@ def run_allocation(
          "seed": task.seed, "n_test": len(task.test),
          "fp32_top1": task.top1(task.model, progress=progress, desc="fp32"),
          "quant_top1": task.top1(qm, progress=progress, desc="allocated")}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     if calibrate_after:
         calibrate(qm, task.calib, CalibrationConfig(seed=task.seed), progress=progress)
         r["calibrated_top1"] = task.top1(qm, progress=progress, desc="calibrated")
+        save_calibrated(qm, out / "calibrated.pt")
     r["bits"] = dict(cfg.weights)
+    r["act_bits"] = act_bits
     r["versions"] = versions()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.json")
     (out / "result.json").write_text(json.dumps(r, indent=1))
     return r

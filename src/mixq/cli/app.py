@@ -16,6 +16,7 @@ from mixq.cli import bench as bench_cmds
 from mixq.cli import emq as emq_cmds
 from mixq.cli import eval as eval_cmds
 from mixq.cli import evoq as evoq_cmds
+from mixq.cli import export as export_cmds
 from mixq.cli import proxies as proxies_cmds
 from mixq.cli.common import EPILOG_DATA
 from mixq.errors import MixqError
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    for module in (eval_cmds, evoq_cmds, bench_cmds, proxies_cmds, allocate_cmds, emq_cmds):
+    for module in (eval_cmds, evoq_cmds, bench_cmds, proxies_cmds, allocate_cmds, emq_cmds, export_cmds):
         module.add_commands(sub)
     return parser
 

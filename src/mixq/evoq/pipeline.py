@@ -27,7 +27,7 @@ from mixq.evoq.bitsearch import EvoQConfig, EvoQResult, evoq_search
 from mixq.evoq.calibrate import CalibrationConfig, calibrate
 from mixq.evoq.sensitivity import SensitivityTable, compute_sensitivity
 from mixq.provenance import versions
-from mixq.quant.model import QuantModel
+from mixq.quant.model import QuantModel, save_calibrated
 
 
 @dataclass(frozen=True)
@@ -106,10 +106,7 @@ def _calibrate_and_save(qm: QuantModel, task: Task, options: RunOptions, out: Pa
     part = {"quant_top1": task.top1(qm, progress=options.progress, desc="calibrated"),
             "calibration": {**asdict(ccfg), "seconds": cal.seconds, "loss_initial": cal.initial_loss,
                             "loss_final": cal.final_loss}}
-    # calibrated float weights and the learned weight grids (loadable with weights_only=True)
-    grids = {n: {str(b): {"scale": g[0].detach(), "zero_point": g[1]}
-                 for b, g in m.weight_quantizer.grids.items()} for n, m in qm.layers.items()}
-    torch.save({"state_dict": qm.model.state_dict(), "weight_grids": grids}, out / "calibrated.pt")
+    save_calibrated(qm, out / "calibrated.pt")  # float weights and learned grids (weights_only=True)
     return part
 
 

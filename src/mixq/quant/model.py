@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -108,6 +110,7 @@ class QuantModel(nn.Module):
         }
         self.act_bits = act_bits
         self._infos = {n: self._layer_info(n, m) for n, m in self.layers.items()}
+        self.input_shape: tuple[int, ...] | None = None
         if calib is not None:
             self.calibrate_activations(calib, batch_size=batch_size)
 
@@ -243,6 +246,7 @@ class QuantModel(nn.Module):
             batch_size: batch size of the observing pass.
         """
         _check_input(x)
+        self.input_shape = tuple(x.shape[1:])  # one sample's shape, e.g. (3, 32, 32), for export
         quantizers = [m.input_quantizer for m in self.layers.values()]
         for q in quantizers:
             q.reset()
@@ -299,3 +303,48 @@ def _check_input(x: torch.Tensor) -> None:
         raise MixqError(f"calibration data must be a non-empty tensor (N, C, H, W), got {shape}")
     if not x.is_floating_point():
         raise MixqError(f"calibration data must be float (normalised), got dtype {x.dtype}")
+
+
+def save_calibrated(qm: QuantModel, path: str | os.PathLike) -> None:
+    """Write a calibrated model's folded float weights and learned weight grids (``calibrated.pt``).
+
+    The file is a plain tensor dict, ``{"state_dict": ..., "weight_grids": {layer: {bits: {"scale",
+    "zero_point"}}}}``, readable with ``torch.load(weights_only=True)``; it is written to a temporary name
+    and renamed, so an interrupted write leaves no half file.
+
+    Args:
+        qm: the model after feature calibration.
+        path: output file.
+    """
+    grids = {n: {str(b): {"scale": g[0].detach(), "zero_point": g[1]} for b, g in m.weight_quantizer.grids.items()}
+             for n, m in qm.layers.items()}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"state_dict": qm.model.state_dict(), "weight_grids": grids}, tmp)
+    os.replace(tmp, path)
+
+
+def load_calibrated(qm: QuantModel, path: str | os.PathLike) -> None:
+    """Restore :func:`save_calibrated`'s weights and grids into a QuantModel of the same model and bits.
+
+    Args:
+        qm: a QuantModel built from the same float model (same layers).
+        path: the ``calibrated.pt`` file.
+    """
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        state, grids = data["state_dict"], data["weight_grids"]
+    except Exception as exc:  # torch raises many types for a bad file
+        raise MixqError(f"cannot read calibrated weights {str(path)!r}: {str(exc).splitlines()[0]}") from None
+    try:
+        qm.model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise MixqError(f"calibrated weights {str(path)!r} do not fit this model: "
+                        f"{str(exc).splitlines()[0]}") from None
+    unknown = sorted(set(grids) - set(qm.layers))
+    if unknown:
+        raise MixqError(f"calibrated weights {str(path)!r} name unknown layer(s) {unknown[:5]}")
+    for name, per_bits in grids.items():
+        wq = qm.layers[name].weight_quantizer
+        wq.grids = {int(b): (g["scale"].detach(), g["zero_point"]) for b, g in per_bits.items()}
+        wq._cache.clear()

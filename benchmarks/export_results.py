@@ -1,0 +1,119 @@
+"""Regenerate the calibrated models of the shipped results, export them to ONNX and verify them in onnxruntime.
+
+For each run folder under results/ that was calibrated, the run's feature calibration is repeated with its
+recorded settings (seeded, so it reproduces the recorded calibrated top-1; the script checks this), its
+``calibrated.pt`` written, the model exported as ONNX QDQ (``model.onnx``) and checked in onnxruntime on the
+full test split (``model.onnx.json``). Uniform-bit models of the networks without a calibrated result
+(ShuffleNetV2, EfficientNet-Lite0) are exported and verified too, into results/export/.
+
+    python benchmarks/export_results.py                     # everything (about 30 min on 2 CPU cores)
+    python benchmarks/export_results.py --only evoq-resnet20-jpeg-3bit
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from mixq.bits import BitConfig
+from mixq.evaluation.task import load_task
+from mixq.evoq.calibrate import CalibrationConfig, calibrate
+from mixq.export import compare_outputs, export_onnx, weight_levels
+from mixq.provenance import versions
+from mixq.quant.model import QuantModel, save_calibrated
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+CALIBRATED_RUNS = ["evoq-resnet20-jpeg-3bit", "allocate-emq-final-resnet20-jpeg-3bit",
+                   "allocate-emq-resnet20-jpeg-3bit", "allocate-hawq-v2-resnet20-jpeg-3bit",
+                   "evoq-mobilenetv2-jpeg-3bit"]
+UNIFORM = [("shufflenetv2-x0.5", 4), ("efficientnet-lite0", 8), ("mobilenetv2-jpeg", 4)]
+
+
+def _calibration_of(result: dict) -> CalibrationConfig:
+    """The calibration settings a run recorded (allocation runs used the defaults with the run's seed)."""
+    rec = result.get("calibration")
+    if rec is None:
+        return CalibrationConfig(seed=int(result.get("seed", 0)))
+    names = {f.name for f in fields(CalibrationConfig)}
+    return CalibrationConfig(**{k: v for k, v in rec.items() if k in names})
+
+
+def _verify(qm: QuantModel, task, onnx_path: Path, record: dict, batch_size: int) -> dict:
+    report = export_onnx(qm, onnx_path, tuple(task.calib.shape[1:]))
+    levels = weight_levels(onnx_path, qm)
+    n_batches = -(-len(task.test) // batch_size)
+    v = compare_outputs(onnx_path, qm, task.test_batches(batch_size), total=n_batches)
+    record.update({"export": report.to_dict(), "verify": v, "max_levels_per_channel": levels,
+                   "avg_bits": qm.avg_bits(), "size_mb": qm.size_mb(), "n_test": len(task.test),
+                   "versions": versions()})
+    onnx_path.with_name(onnx_path.name + ".json").write_text(json.dumps(record, indent=1))
+    print(f"  {onnx_path.relative_to(RESULTS.parent)}: {report.file_bytes / 2**20:.4f} MB file, weights "
+          f"{report.weight_bytes / 2**20:.4f} MB (containers {report.container_bytes / 2**20:.4f}, ideal "
+          f"{report.ideal_bytes / 2**20:.4f}); top-1 mixq {v['mixq_top1']:.2f} / onnxruntime {v['ort_top1']:.2f} "
+          f"/ unoptimized {v['ort_noopt_top1']:.2f}; max |logit diff| {v['ort_max_abs_logit_diff']:.3g}")
+    return record
+
+
+def calibrated_run(name: str, batch_size: int) -> None:
+    """Recalibrate one shipped run, check it reproduces, export and verify it."""
+    run = RESULTS / name
+    result = json.loads((run / "result.json").read_text())
+    recorded = result.get("calibrated_top1", result.get("quant_top1"))
+    task = load_task(result["model"], samples=int(result["samples"]), seed=int(result["seed"]))
+    qm = QuantModel(task.model, calib=task.calib, act_bits=int(result.get("act_bits", 8)),
+                    weight_range=result.get("weight_range", "minmax"))
+    qm.set_bits(BitConfig.load(run / "config.json"))
+    # float sums depend on the thread count, and 200 calibration steps amplify such differences: use the run's
+    threads = int(result.get("versions", {}).get("torch_threads", torch.get_num_threads()))
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    try:
+        calibrate(qm, task.calib, _calibration_of(result), progress=True)
+    finally:
+        torch.set_num_threads(saved_threads)
+    seconds = time.perf_counter() - t0
+    top1 = task.top1(qm, batch_size, desc="calibrated")
+    save_calibrated(qm, run / "calibrated.pt")
+    print(f"{name}: recalibrated in {seconds:.0f} s on {threads} thread(s), top-1 {top1:.2f} (recorded "
+          f"{recorded:.2f})")
+    record = {"run": name, "model": result["model"], "calibrated": True, "recalibrated_top1": top1,
+              "recorded_calibrated_top1": recorded, "calibration_seconds": seconds, "calibration_threads": threads,
+              "fp32_top1": result.get("fp32_top1")}
+    _verify(qm, task, run / "model.onnx", record, batch_size)
+
+
+def uniform_model(model: str, bits: int, batch_size: int) -> None:
+    """Export and verify a uniform-bit model (no calibration)."""
+    task = load_task(model, samples=50, seed=0)
+    qm = QuantModel(task.model, calib=task.calib)
+    qm.set_bits(bits)
+    print(f"{model} uniform {bits}-bit")
+    record = {"model": model, "bits": bits, "calibrated": False, "seed": 0, "samples": 50,
+              "fp32_top1": task.top1(task.model, batch_size, desc="fp32")}
+    _verify(qm, task, RESULTS / "export" / f"{model}-w{bits}a8.onnx", record, batch_size)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", help="run folders or model names to do (default: all)")
+    p.add_argument("--batch-size", type=int, default=250)
+    args = p.parse_args()
+    warnings.simplefilter("ignore")
+    (RESULTS / "export").mkdir(exist_ok=True)
+    for name in CALIBRATED_RUNS:
+        if args.only is None or name in args.only:
+            calibrated_run(name, args.batch_size)
+    for model, bits in UNIFORM:
+        if args.only is None or model in args.only:
+            uniform_model(model, bits, args.batch_size)
+
+
+if __name__ == "__main__":
+    main()

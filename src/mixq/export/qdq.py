@@ -1,0 +1,353 @@
+"""ONNX QDQ export of a :class:`~mixq.quant.model.QuantModel` with true low-bit integer weights.
+
+The graph is the BN-folded model as torch's TorchScript-based exporter writes it (opset 18, then converted
+to the target opset with ``onnx.version_converter``), rewritten in the QDQ form:
+
+- every quantized weight becomes an integer initializer in the smallest ONNX type that holds its bits
+  (``INT2`` for 2 bits at opset >= 25, ``INT4`` for 2..4 bits, ``INT8`` for 5..8 bits) with a per-output-
+  channel ``DequantizeLinear`` (``axis=0``) in front of its Conv / Gemm. mixq's grid is unsigned
+  (``q`` in ``[0, 2^b - 1]``, zero point ``zp``); the file stores ``q - 2^(b-1)`` and ``zp - 2^(b-1)`` in the
+  signed type, so ``(q_s - zp_s) * scale == (q - zp) * scale`` exactly and the dequantized weights equal
+  mixq's fake-quantized weights bit for bit;
+- the input of every quantized layer gets ``QuantizeLinear -> DequantizeLinear`` (``UINT8`` per tensor) with
+  the layer's calibrated range; an activation below 8 bits adds a ``Clip`` to ``[0, 2^b - 1]`` between them;
+- layers left in float (32 bits) keep their float initializer; the model's input and output stay FP32.
+
+ONNX's ``QuantizeLinear`` divides by the scale where mixq multiplies by its reciprocal, so an activation
+exactly halfway between two grid points can round the other way: outputs agree to float tolerance, not
+bit for bit (the verification reports the largest logit difference).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mixq.bits import FLOAT_BITS, MAX_BITS, MIN_BITS
+from mixq.errors import MixqError
+from mixq.quant.model import QuantModel
+from mixq.quant.modules import QuantConv2d, QuantLinear
+
+OPSETS = (21, 22, 23, 24, 25)  # INT4 DequantizeLinear needs 21; INT2 needs 25
+DEFAULT_OPSET = 25
+BASE_OPSET = 18  # what torch's exporter writes before the conversion
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+def _onnx():
+    try:
+        import onnx
+        import onnx.version_converter  # noqa: F401
+    except ImportError:
+        raise MixqError("ONNX export needs the onnx package: pip install 'mixq[export]'") from None
+    return onnx
+
+
+def container(bits: int, opset: int) -> str:
+    """The ONNX integer type that stores a ``bits``-bit weight at ``opset``.
+
+    Args:
+        bits: weight bits, 2..8.
+        opset: target opset.
+
+    Returns:
+        ``"INT2"``, ``"INT4"`` or ``"INT8"``.
+    """
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise MixqError(f"weight bits {bits} cannot be exported: expected {MIN_BITS}..{MAX_BITS} or 32 (float)")
+    if bits <= 2 and opset >= 25:
+        return "INT2"
+    return "INT4" if bits <= 4 else "INT8"
+
+
+CONTAINER_BITS = {"INT2": 2, "INT4": 4, "INT8": 8}
+
+
+def ir_version_for(opset: int) -> int:
+    """The lowest ONNX IR version that carries ``opset`` (what onnxruntime is asked to load).
+
+    Args:
+        opset: the default-domain opset.
+
+    Returns:
+        The IR version.
+    """
+    onnx = _onnx()
+    return int(onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)]))
+
+
+def check_opset(opset: int) -> None:
+    """Fail before any work when ``opset`` cannot hold the QDQ weights or the installed onnxruntime cannot load it.
+
+    A one-node model (an ``INT4`` — at opset >= 25 also an ``INT2`` — per-axis ``DequantizeLinear``) is built
+    at the opset's IR version and run in onnxruntime.
+
+    Args:
+        opset: the target opset.
+    """
+    if opset not in OPSETS:
+        raise MixqError(f"--opset {opset} is not supported: expected one of {list(OPSETS)} (INT4 weights need "
+                        f"opset 21, INT2 weights opset 25)")
+    onnx = _onnx()
+    if opset > onnx.defs.onnx_opset_version():
+        raise MixqError(f"the installed onnx {onnx.__version__} knows opsets up to {onnx.defs.onnx_opset_version()}, "
+                        f"not {opset}; upgrade onnx or pass --opset {onnx.defs.onnx_opset_version()}")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MixqError("ONNX export checks its output with onnxruntime: pip install 'mixq[export]'") from None
+    from onnx import TensorProto, helper
+
+    types = [TensorProto.INT4] + ([TensorProto.INT2] if opset >= 25 else [])
+    nodes, inits, outs = [], [], []
+    for t in types:
+        nm = TensorProto.DataType.Name(t)
+        inits += [helper.make_tensor(f"q{nm}", t, [2, 2], [1, -1, 0, 1]),
+                  helper.make_tensor(f"s{nm}", TensorProto.FLOAT, [2], [0.5, 0.25]),
+                  helper.make_tensor(f"z{nm}", t, [2], [0, 1])]
+        nodes.append(helper.make_node("DequantizeLinear", [f"q{nm}", f"s{nm}", f"z{nm}"], [f"y{nm}"], axis=0))
+        outs.append(helper.make_tensor_value_info(f"y{nm}", TensorProto.FLOAT, [2, 2]))
+    probe = helper.make_model(helper.make_graph(nodes, "probe", [], outs, inits),
+                              opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version_for(opset))
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {})
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise MixqError(f"the installed onnxruntime {ort.__version__} cannot run opset {opset} (IR version "
+                        f"{ir_version_for(opset)}) low-bit DequantizeLinear: {str(exc).splitlines()[0]}; try "
+                        f"--opset 21 or upgrade onnxruntime") from None
+    if not np.allclose(got[0], [[0.5, -0.5], [-0.25, 0.0]]):
+        raise MixqError(f"onnxruntime {ort.__version__} dequantizes INT4 weights wrongly at opset {opset}")
+
+
+@dataclass
+class LayerExport:
+    """How one layer was written.
+
+    Attributes:
+        name: layer name.
+        bits: weight bits (32 = float).
+        act_bits: input bits (32 = float).
+        container: ONNX type of the weight (``"INT2"``, ``"INT4"``, ``"INT8"`` or ``"FLOAT"``).
+        params: weight parameters.
+        weight_bytes: bytes of the stored weight initializer (packed integers, or float32).
+    """
+
+    name: str
+    bits: int
+    act_bits: int
+    container: str
+    params: int
+    weight_bytes: int
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_onnx` wrote.
+
+    Attributes:
+        path: the ONNX file.
+        opset: default-domain opset.
+        ir_version: IR version.
+        layers: one :class:`LayerExport` per quantized layer.
+        file_bytes: size of the file.
+    """
+
+    path: str
+    opset: int
+    ir_version: int
+    layers: list[LayerExport] = field(default_factory=list)
+    file_bytes: int = 0
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the integer weight initializers (the quantized layers only)."""
+        return sum(x.weight_bytes for x in self.layers if x.container != "FLOAT")
+
+    @property
+    def container_bytes(self) -> float:
+        """The size the container types imply: sum(params x container bits) / 8 over quantized layers."""
+        return sum(x.params * CONTAINER_BITS[x.container] for x in self.layers if x.container != "FLOAT") / 8
+
+    @property
+    def ideal_bytes(self) -> float:
+        """The ideal packed size at the configured bits: sum(params x bits) / 8 over quantized layers."""
+        return sum(x.params * x.bits for x in self.layers if x.container != "FLOAT") / 8
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary.
+
+        Returns:
+            The report as a dict (sizes in bytes).
+        """
+        return {"path": self.path, "opset": self.opset, "ir_version": self.ir_version,
+                "file_bytes": self.file_bytes, "weight_bytes": self.weight_bytes,
+                "container_bytes": self.container_bytes, "ideal_packed_bytes": self.ideal_bytes,
+                "layers": [vars(x) for x in self.layers]}
+
+
+def _plain_copy(qm: QuantModel) -> nn.Module:
+    """A copy of the folded model with each quantized layer replaced by a plain Conv2d / Linear holding
+    its (fake-)quantized weight, so the traced graph has one named weight initializer per layer."""
+    model = copy.deepcopy(qm.model)
+    for name in qm.layer_names:
+        q = model.get_submodule(name)
+        with torch.no_grad():
+            w = q.quantized_weight().detach().clone()
+        if isinstance(q, QuantConv2d):
+            plain: nn.Module = nn.Conv2d(q.in_channels, q.out_channels, q.kernel_size, q.stride, q.padding,
+                                         q.dilation, q.groups, q.bias is not None, q.padding_mode)
+        elif isinstance(q, QuantLinear):
+            plain = nn.Linear(q.in_features, q.out_features, q.bias is not None)
+        else:
+            raise MixqError(f"layer {name!r} of type {type(q).__name__} cannot be exported to ONNX")
+        plain.weight = nn.Parameter(w, requires_grad=False)
+        if q.bias is not None:
+            plain.bias = nn.Parameter(q.bias.detach().clone(), requires_grad=False)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, plain)
+    return model.eval()
+
+
+def _trace(model: nn.Module, input_shape: Sequence[int]):
+    onnx = _onnx()
+    buf = io.BytesIO()
+    x = torch.zeros((1, *input_shape))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=BASE_OPSET, do_constant_folding=False,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    except Exception as exc:  # torch's exporter raises many types
+        raise MixqError(f"torch.onnx.export could not trace the model: {str(exc).splitlines()[0]}") from None
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _consumers(graph, tensor: str) -> list:
+    return [n for n in graph.node if tensor in n.input]
+
+
+def _weight_qdq(graph, name: str, m: QuantConv2d | QuantLinear, ctype: str, bits: int) -> int:
+    """Swap the float weight initializer of layer ``name`` for integers + a per-channel DequantizeLinear."""
+    import ml_dtypes
+    from onnx import helper, numpy_helper
+
+    w_name = f"{name}.weight"
+    init = next((i for i in graph.initializer if i.name == w_name), None)
+    if init is None or not _consumers(graph, w_name):
+        raise MixqError(f"the exported graph has no weight initializer {w_name!r} feeding an operator; the layer "
+                        "cannot be written as QDQ")
+    q, scale, zp = m.weight_quantizer.integer_weight(m.weight)
+    shift = 1 << (bits - 1)  # unsigned grid [0, 2^b - 1] -> signed [-2^(b-1), 2^(b-1) - 1]
+    np_type = {"INT2": ml_dtypes.int2, "INT4": ml_dtypes.int4, "INT8": np.int8}[ctype]
+    q_s = (q.numpy().astype(np.int16) - shift).astype(np.int8).astype(np_type)
+    zp_s = (zp.numpy().astype(np.int16) - shift).astype(np.int8).astype(np_type)
+    q_init = numpy_helper.from_array(q_s, f"{name}.weight_quantized")
+    graph.initializer.remove(init)
+    graph.initializer.extend([
+        q_init,
+        numpy_helper.from_array(scale.detach().numpy().astype(np.float32), f"{name}.weight_scale"),
+        numpy_helper.from_array(zp_s, f"{name}.weight_zero_point"),
+    ])
+    dq = helper.make_node("DequantizeLinear", [q_init.name, f"{name}.weight_scale", f"{name}.weight_zero_point"],
+                          [w_name], name=f"{name}.weight_dequantize", axis=0)
+    graph.node.insert(0, dq)
+    return len(q_init.raw_data)
+
+
+def _act_qdq(graph, name: str, m: QuantConv2d | QuantLinear, bits: int) -> None:
+    """Put QuantizeLinear -> (Clip) -> DequantizeLinear on the data input of the operator using ``name``'s weight."""
+    from onnx import TensorProto, helper
+
+    from mixq.quant.primitives import asym_qparams
+
+    if not m.input_quantizer.calibrated:
+        raise MixqError(f"layer {name!r} has no activation range: calibrate the model on samples before export")
+    scale, zp = asym_qparams(m.input_quantizer.min_val, m.input_quantizer.max_val, bits)
+    op = _consumers(graph, f"{name}.weight")[0]
+    x = op.input[0]
+    s_name, z_name = f"{name}.input_scale", f"{name}.input_zero_point"
+    graph.initializer.extend([helper.make_tensor(s_name, TensorProto.FLOAT, [], [float(scale)]),
+                              helper.make_tensor(z_name, TensorProto.UINT8, [], [int(zp)])])
+    q_out, dq_out = f"{name}.input_quantized", f"{name}.input_dequantized"
+    nodes = [helper.make_node("QuantizeLinear", [x, s_name, z_name], [q_out], name=f"{name}.input_quantize")]
+    if bits < 8:  # UINT8 saturates at 255; the layer's grid ends at 2^b - 1
+        lo, hi = f"{name}.input_qmin", f"{name}.input_qmax"
+        graph.initializer.extend([helper.make_tensor(lo, TensorProto.UINT8, [], [0]),
+                                  helper.make_tensor(hi, TensorProto.UINT8, [], [(1 << bits) - 1])])
+        nodes.append(helper.make_node("Clip", [q_out, lo, hi], [f"{name}.input_clipped"], name=f"{name}.input_clip"))
+        q_out = f"{name}.input_clipped"
+    nodes.append(helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out],
+                                  name=f"{name}.input_dequantize"))
+    position = list(graph.node).index(op)
+    for k, n in enumerate(nodes):
+        graph.node.insert(position + k, n)
+    op.input[0] = dq_out
+
+
+def export_onnx(
+    qm: QuantModel, path: str | os.PathLike, input_shape: Sequence[int], opset: int = DEFAULT_OPSET
+) -> ExportReport:
+    """Write a quantized model as an ONNX QDQ file with integer weights (see the module docstring).
+
+    Args:
+        qm: the quantized model (bits set, activation ranges calibrated; calibrated weights are used as
+            they are).
+        path: the ``.onnx`` file to write (its folder is created).
+        input_shape: one sample's shape, e.g. ``(3, 32, 32)``; the batch dimension is dynamic.
+        opset: target opset, 21..25 (2-bit weights are stored as INT2 from 25, as INT4 below).
+
+    Returns:
+        The :class:`ExportReport`.
+    """
+    onnx = _onnx()
+    check_opset(opset)
+    bits = qm.bit_config()
+    layers = {n: qm.layers[n] for n in qm.layer_names}
+    for n, m in layers.items():
+        if bits.weights[n] != FLOAT_BITS:
+            container(bits.weights[n], opset)  # validates the bit-width
+        if m.input_quantizer.bits != FLOAT_BITS and not m.input_quantizer.calibrated:
+            raise MixqError(f"layer {n!r} has no activation range: calibrate the model on samples before export")
+    proto = onnx.version_converter.convert_version(_trace(_plain_copy(qm), input_shape), opset)
+    graph = proto.graph
+    report = ExportReport(path=str(path), opset=opset, ir_version=ir_version_for(opset))
+    for n, m in layers.items():
+        b, a = bits.weights[n], m.input_quantizer.bits
+        params = int(m.weight.numel())
+        if b == FLOAT_BITS:
+            report.layers.append(LayerExport(n, b, a, "FLOAT", params, 4 * params))
+        else:
+            ctype = container(b, opset)
+            report.layers.append(LayerExport(n, b, a, ctype, params, _weight_qdq(graph, n, m, ctype, b)))
+        if a != FLOAT_BITS:
+            _act_qdq(graph, n, m, a)
+    proto.ir_version = report.ir_version
+    proto.producer_name, proto.producer_version = "mixq", _version()
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise MixqError(f"the QDQ graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    onnx.save_model(proto, str(tmp))
+    os.replace(tmp, out)
+    report.file_bytes = out.stat().st_size
+    return report
+
+
+def _version() -> str:
+    from mixq.provenance import versions
+
+    return versions().get("mixq", "unknown")
