@@ -100,11 +100,33 @@ def uniform_model(model: str, bits: int, batch_size: int) -> None:
     _verify(qm, task, RESULTS / "export" / f"{model}-w{bits}a8.onnx", record, batch_size)
 
 
+def table() -> str:
+    """The README table, from every ``*.onnx.json`` under results/."""
+    rows = ["| exported model | avg bits | FP32 | mixq top-1 | onnxruntime | unoptimized | same argmax | max / mean "
+            "abs logit diff | ONNX file MB | integer weights MB | ideal packed MB | test images |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for path in sorted(RESULTS.rglob("*.onnx.json")):
+        r = json.loads(path.read_text())
+        v, e = r["verify"], r["export"]
+        what = r.get("run") or f"{r['model']} uniform W{r['bits']}A8"
+        mib = 2**20
+        rows.append(f"| {what}{' (calibrated)' if r['calibrated'] else ''} | {r['avg_bits']:.3f} | "
+                    f"{r['fp32_top1']:.2f} | {v['mixq_top1']:.2f} | {v['ort_top1']:.2f} | {v['ort_noopt_top1']:.2f} | "
+                    f"{100 * v['ort_argmax_agreement']:.2f} % | {v['ort_max_abs_logit_diff']:.3g} / "
+                    f"{v['ort_mean_abs_logit_diff']:.3g} | {e['file_bytes'] / mib:.4f} | "
+                    f"{e['weight_bytes'] / mib:.4f} | {e['ideal_packed_bytes'] / mib:.4f} | {v['n']} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="+", help="run folders or model names to do (default: all)")
     p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--table", action="store_true", help="only print the README table from the result files")
     args = p.parse_args()
+    if args.table:
+        print(table())
+        return
     warnings.simplefilter("ignore")
     (RESULTS / "export").mkdir(exist_ok=True)
     for name in CALIBRATED_RUNS:
