@@ -179,3 +179,17 @@ def test_augmented_teacher_does_not_keep_student_hooks(setup, monkeypatch):
     teacher = next(c for c in copies if isinstance(c, QuantModel))
     assert all(not m._forward_hooks for m in qm.layers.values())
     assert all(not m._forward_hooks for m in teacher.layers.values())
+
+
+def test_calibration_leaves_the_model_in_eval_mode():
+    """A QuantModel starts in eval mode and calibration keeps it there, so dropout stays off afterwards."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5), nn.Linear(4 * 6 * 6, 3)).eval()
+    x = torch.randn(8, 3, 8, 8)
+    qm = QuantModel(net, calib=x)
+    qm.set_bits(4)
+    assert not qm.training
+    calibrate(qm, x, CalibrationConfig(epochs=2, seed=0), progress=False)
+    assert not qm.training and not any(m.training for m in qm.modules())
+    with torch.no_grad():
+        assert torch.equal(qm(x), qm(x))  # dropout would make two passes differ

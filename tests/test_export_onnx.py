@@ -203,3 +203,21 @@ def test_cli_export_of_a_calibrated_run_rebuilds_the_run_model(demo_only, tmp_pa
     # the rebuilt model is the run's calibrated model: same top-1 on the same test images
     assert rec["verify"]["mixq_top1"] == pytest.approx(result["quant_top1"], abs=1e-9)
     assert rec["verify"]["n"] == result["n_test"]
+
+
+def test_cli_export_packed_checkpoint_loads_back_exactly(demo_only, tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    names = mixq.QuantModel(mixq.create_model("resnet20-jpeg")).layer_names
+    (tmp_path / "bits.json").write_text(json.dumps({n: (2, 3, 5, 8)[i % 4] for i, n in enumerate(names)}))
+    assert main(["export", "--config", str(tmp_path / "bits.json"), "--format", "pt", "--out", str(out)]) == 0
+    assert "file / ideal packed size" in capsys.readouterr().out
+    loaded = mixq.load_quantized(out)
+    task = mixq.load_task("resnet20-jpeg", samples=50, seed=0, n_test=20)
+    qm = mixq.quantize(task.model, mixq.BitConfig.load(tmp_path / "bits.json"), task.calib)
+    x, _ = next(task.test_batches(20))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), qm(x))
+    rec = json.loads((tmp_path / "m.pt.json").read_text())
+    assert rec["format"] == "pt" and rec["ratio"] <= 1.05
+    assert main(["export", "--bits", "4", "--format", "pt", "--verify", "--out", str(out)]) == 2
+    assert "--verify runs the ONNX file" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mixq._face import callable_package
 from mixq.errors import MixqError
+from mixq.export.packed import load_quantized, pack_bits, save_packed, unpack_bits
 from mixq.export.qdq import DEFAULT_OPSET, OPSETS, ExportReport, LayerExport, check_opset, export_onnx
 from mixq.export.run import model_from_run
 from mixq.export.verify import compare_outputs, weight_levels
@@ -39,7 +40,9 @@ __all__ = [
     "export_onnx",
     "load_quantized",
     "model_from_run",
+    "pack_bits",
     "save_packed",
+    "unpack_bits",
     "weight_levels",
 ]
 
@@ -80,41 +83,7 @@ def export(
     if model is None:
         raise MixqError("a packed checkpoint needs model=... (a registry name or package.module:function) to "
                         "rebuild the architecture when it is loaded")
-    from mixq.export.packed import save_packed
-
     return save_packed(qm, path, model)
-
-
-def load_quantized(path: str | os.PathLike, **options: object) -> QuantModel:
-    """Rebuild a quantized model from a packed checkpoint (:func:`export` with ``format="pt"``).
-
-    Args:
-        path: the packed ``.pt`` file.
-        **options: passed to :func:`mixq.export.packed.load_quantized` (e.g. ``model_root``).
-
-    Returns:
-        The :class:`QuantModel`, whose outputs equal the exported model's exactly.
-    """
-    from mixq.export.packed import load_quantized as _load
-
-    return _load(path, **options)
-
-
-def save_packed(qm: QuantModel, path: str | os.PathLike, model: str, **options: object) -> dict:
-    """Write the packed checkpoint (see :mod:`mixq.export.packed`).
-
-    Args:
-        qm: the quantized model.
-        path: output file.
-        model: registry name or ``package.module:function``.
-        **options: passed to :func:`mixq.export.packed.save_packed`.
-
-    Returns:
-        The size report.
-    """
-    from mixq.export.packed import save_packed as _save
-
-    return _save(qm, path, model, **options)
 
 
 callable_package(__name__, export)

@@ -111,6 +111,7 @@ class QuantModel(nn.Module):
         self.act_bits = act_bits
         self._infos = {n: self._layer_info(n, m) for n, m in self.layers.items()}
         self.input_shape: tuple[int, ...] | None = None
+        self.eval()  # the wrapper too: calibration restores the mode it found, and train mode would wake dropout
         if calib is not None:
             self.calibrate_activations(calib, batch_size=batch_size)
 
