@@ -32,7 +32,8 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 CALIBRATED_RUNS = ["evoq-resnet20-jpeg-3bit", "allocate-emq-final-resnet20-jpeg-3bit",
                    "allocate-emq-resnet20-jpeg-3bit", "allocate-hawq-v2-resnet20-jpeg-3bit",
                    "evoq-mobilenetv2-jpeg-3bit"]
-UNIFORM = [("shufflenetv2-x0.5", 4), ("efficientnet-lite0", 8), ("mobilenetv2-jpeg", 4)]
+UNIFORM = [("shufflenetv2-x0.5", 4, "int"), ("efficientnet-lite0", 8, "int"), ("mobilenetv2-jpeg", 4, "int"),
+           ("efficientnet-lite0", 8, "uint")]
 
 
 def _calibration_of(result: dict) -> CalibrationConfig:
@@ -44,8 +45,8 @@ def _calibration_of(result: dict) -> CalibrationConfig:
     return CalibrationConfig(**{k: v for k, v in rec.items() if k in names})
 
 
-def _verify(qm: QuantModel, task, onnx_path: Path, record: dict, batch_size: int) -> dict:
-    report = export_onnx(qm, onnx_path, tuple(task.calib.shape[1:]))
+def _verify(qm: QuantModel, task, onnx_path: Path, record: dict, batch_size: int, weight_type: str = "int") -> dict:
+    report = export_onnx(qm, onnx_path, tuple(task.calib.shape[1:]), weight_type=weight_type)
     levels = weight_levels(onnx_path, qm)
     n_batches = -(-len(task.test) // batch_size)
     v = compare_outputs(onnx_path, qm, task.test_batches(batch_size), total=n_batches)
@@ -89,15 +90,16 @@ def calibrated_run(name: str, batch_size: int) -> None:
     _verify(qm, task, run / "model.onnx", record, batch_size)
 
 
-def uniform_model(model: str, bits: int, batch_size: int) -> None:
+def uniform_model(model: str, bits: int, batch_size: int, weight_type: str) -> None:
     """Export and verify a uniform-bit model (no calibration)."""
     task = load_task(model, samples=50, seed=0)
     qm = QuantModel(task.model, calib=task.calib)
     qm.set_bits(bits)
-    print(f"{model} uniform {bits}-bit")
-    record = {"model": model, "bits": bits, "calibrated": False, "seed": 0, "samples": 50,
+    print(f"{model} uniform {bits}-bit, {weight_type} weights")
+    record = {"model": model, "bits": bits, "calibrated": False, "seed": 0, "samples": 50, "weight_type": weight_type,
               "fp32_top1": task.top1(task.model, batch_size, desc="fp32")}
-    _verify(qm, task, RESULTS / "export" / f"{model}-w{bits}a8.onnx", record, batch_size)
+    suffix = "" if weight_type == "int" else f"-{weight_type}"
+    _verify(qm, task, RESULTS / "export" / f"{model}-w{bits}a8{suffix}.onnx", record, batch_size, weight_type)
 
 
 def table() -> str:
@@ -108,7 +110,8 @@ def table() -> str:
     for path in sorted(RESULTS.rglob("*.onnx.json")):
         r = json.loads(path.read_text())
         v, e = r["verify"], r["export"]
-        what = r.get("run") or f"{r['model']} uniform W{r['bits']}A8"
+        what = r.get("run") or f"{r['model']} uniform W{r['bits']}A8" + (
+            f", {r['weight_type']} weights" if r.get("weight_type", "int") != "int" else "")
         mib = 2**20
         rows.append(f"| {what}{' (calibrated)' if r['calibrated'] else ''} | {r['avg_bits']:.3f} | "
                     f"{r['fp32_top1']:.2f} | {v['mixq_top1']:.2f} | {v['ort_top1']:.2f} | {v['ort_noopt_top1']:.2f} | "
@@ -132,9 +135,9 @@ def main() -> None:
     for name in CALIBRATED_RUNS:
         if args.only is None or name in args.only:
             calibrated_run(name, args.batch_size)
-    for model, bits in UNIFORM:
-        if args.only is None or model in args.only:
-            uniform_model(model, bits, args.batch_size)
+    for model, bits, weight_type in UNIFORM:
+        if args.only is None or model in args.only or f"{model}-{weight_type}" in args.only:
+            uniform_model(model, bits, args.batch_size, weight_type)
 
 
 if __name__ == "__main__":

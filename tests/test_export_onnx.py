@@ -73,15 +73,18 @@ def test_weights_are_integers_in_the_smallest_type(task, tmp_path, opset, two_bi
     assert max(levels.values()) > 8  # the 5..8-bit layers use more than 3 bits' worth of levels
 
 
-def test_dequantized_weights_equal_mixq_bit_for_bit(task, tmp_path):
+@pytest.mark.parametrize("weight_type", ["int", "uint"])
+def test_dequantized_weights_equal_mixq_bit_for_bit(task, tmp_path, weight_type):
     """(q_s - zp_s) * scale, computed from the file alone, is mixq's fake-quantized weight exactly."""
     qm = _mixed(task)
     path = tmp_path / "m.onnx"
-    export_onnx(qm, path, (3, 32, 32))
+    export_onnx(qm, path, (3, 32, 32), weight_type=weight_type)
     inits = _inits(path)
+    unsigned = {TensorProto.UINT2, TensorProto.UINT4, TensorProto.UINT8}
     for name, bits in qm.bit_config().weights.items():
         if bits == 32:
             continue
+        assert (inits[f"{name}.weight_quantized"].data_type in unsigned) == (weight_type == "uint")
         q = numpy_helper.to_array(inits[f"{name}.weight_quantized"]).astype(np.float32)
         s = numpy_helper.to_array(inits[f"{name}.weight_scale"]).astype(np.float32)
         z = numpy_helper.to_array(inits[f"{name}.weight_zero_point"]).astype(np.float32)
@@ -221,3 +224,15 @@ def test_cli_export_packed_checkpoint_loads_back_exactly(demo_only, tmp_path, ca
     assert rec["format"] == "pt" and rec["ratio"] <= 1.05
     assert main(["export", "--bits", "4", "--format", "pt", "--verify", "--out", str(out)]) == 2
     assert "--verify runs the ONNX file" in capsys.readouterr().err
+
+
+def test_cli_export_refuses_a_calibrated_run_without_its_weights(demo_only, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "result.json").write_text(json.dumps({"model": "resnet20-jpeg", "seed": 0, "samples": 8,
+                                                 "calibrated_top1": 80.0}))
+    names = mixq.QuantModel(mixq.create_model("resnet20-jpeg")).layer_names
+    mixq.BitConfig.uniform(names, 4).save(run / "config.json")
+    assert main(["export", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "was feature-calibrated but its calibrated.pt is missing" in err and err.count("\n") == 1

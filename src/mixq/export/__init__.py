@@ -21,7 +21,15 @@ from pathlib import Path
 from mixq._face import callable_package
 from mixq.errors import MixqError
 from mixq.export.packed import load_quantized, pack_bits, save_packed, unpack_bits
-from mixq.export.qdq import DEFAULT_OPSET, OPSETS, ExportReport, LayerExport, check_opset, export_onnx
+from mixq.export.qdq import (
+    DEFAULT_OPSET,
+    OPSETS,
+    WEIGHT_TYPES,
+    ExportReport,
+    LayerExport,
+    check_opset,
+    export_onnx,
+)
 from mixq.export.run import model_from_run
 from mixq.export.verify import compare_outputs, weight_levels
 from mixq.quant.model import QuantModel
@@ -32,6 +40,7 @@ __all__ = [
     "DEFAULT_OPSET",
     "FORMATS",
     "OPSETS",
+    "WEIGHT_TYPES",
     "ExportReport",
     "LayerExport",
     "check_opset",
@@ -55,6 +64,7 @@ def export(
     opset: int = DEFAULT_OPSET,
     input_shape: Sequence[int] | None = None,
     model: str | None = None,
+    weight_type: str = "int",
 ) -> dict:
     """Write a quantized model as ONNX QDQ or as a packed checkpoint.
 
@@ -65,6 +75,8 @@ def export(
         opset: ONNX opset, 21..25.
         input_shape: one sample's shape for the ONNX trace (default: the calibration samples' shape).
         model: for ``"pt"``: how to rebuild the architecture, a registry name or ``package.module:function``.
+        weight_type: ONNX weight types, ``"int"`` (INT2/4/8) or ``"uint"`` (UINT2/4/8; see
+            :func:`~mixq.export.qdq.export_onnx`).
 
     Returns:
         A size report (``ExportReport.to_dict()`` for ONNX; the packed checkpoint's size report for ``pt``).
@@ -79,7 +91,7 @@ def export(
         shape = input_shape or qm.input_shape
         if shape is None:
             raise MixqError("ONNX export needs the input shape of one sample: input_shape=(3, 32, 32)")
-        return export_onnx(qm, path, shape, opset=opset).to_dict()
+        return export_onnx(qm, path, shape, opset=opset, weight_type=weight_type).to_dict()
     if model is None:
         raise MixqError("a packed checkpoint needs model=... (a registry name or package.module:function) to "
                         "rebuild the architecture when it is loaded")

@@ -8,7 +8,8 @@ to the target opset with ``onnx.version_converter``), rewritten in the QDQ form:
   channel ``DequantizeLinear`` (``axis=0``) in front of its Conv / Gemm. mixq's grid is unsigned
   (``q`` in ``[0, 2^b - 1]``, zero point ``zp``); the file stores ``q - 2^(b-1)`` and ``zp - 2^(b-1)`` in the
   signed type, so ``(q_s - zp_s) * scale == (q - zp) * scale`` exactly and the dequantized weights equal
-  mixq's fake-quantized weights bit for bit;
+  mixq's fake-quantized weights bit for bit (``weight_type="uint"`` stores ``q`` and ``zp`` in
+  ``UINT2``/``UINT4``/``UINT8`` as they are);
 - the input of every quantized layer gets ``QuantizeLinear -> DequantizeLinear`` (``UINT8`` per tensor) with
   the layer's calibrated range; an activation below 8 bits adds a ``Clip`` to ``[0, 2^b - 1]`` between them;
 - layers left in float (32 bits) keep their float initializer; the model's input and output stay FP32.
@@ -52,24 +53,32 @@ def _onnx():
     return onnx
 
 
-def container(bits: int, opset: int) -> str:
+WEIGHT_TYPES = ("int", "uint")
+
+
+def container(bits: int, opset: int, weight_type: str = "int") -> str:
     """The ONNX integer type that stores a ``bits``-bit weight at ``opset``.
 
     Args:
         bits: weight bits, 2..8.
         opset: target opset.
+        weight_type: ``"int"`` (signed types, the codes shifted by ``2^(b-1)``) or ``"uint"`` (unsigned types,
+            the codes as they are).
 
     Returns:
-        ``"INT2"``, ``"INT4"`` or ``"INT8"``.
+        ``"INT2"``, ``"INT4"`` or ``"INT8"`` (``"UINT..."`` for ``weight_type="uint"``).
     """
     if not MIN_BITS <= bits <= MAX_BITS:
         raise MixqError(f"weight bits {bits} cannot be exported: expected {MIN_BITS}..{MAX_BITS} or 32 (float)")
+    if weight_type not in WEIGHT_TYPES:
+        raise MixqError(f"unknown weight type {weight_type!r}: expected one of {list(WEIGHT_TYPES)}")
+    prefix = "INT" if weight_type == "int" else "UINT"
     if bits <= 2 and opset >= 25:
-        return "INT2"
-    return "INT4" if bits <= 4 else "INT8"
+        return prefix + "2"
+    return prefix + ("4" if bits <= 4 else "8")
 
 
-CONTAINER_BITS = {"INT2": 2, "INT4": 4, "INT8": 8}
+CONTAINER_BITS = {"INT2": 2, "INT4": 4, "INT8": 8, "UINT2": 2, "UINT4": 4, "UINT8": 8}
 
 
 def ir_version_for(opset: int) -> int:
@@ -88,8 +97,8 @@ def ir_version_for(opset: int) -> int:
 def check_opset(opset: int) -> None:
     """Fail before any work when ``opset`` cannot hold the QDQ weights or the installed onnxruntime cannot load it.
 
-    A one-node model (an ``INT4`` — at opset >= 25 also an ``INT2`` — per-axis ``DequantizeLinear``) is built
-    at the opset's IR version and run in onnxruntime.
+    A small model (per-axis ``DequantizeLinear`` of ``INT4`` and ``UINT4``, at opset >= 25 also ``INT2`` and
+    ``UINT2``) is built at the opset's IR version and run in onnxruntime.
 
     Args:
         opset: the target opset.
@@ -107,11 +116,11 @@ def check_opset(opset: int) -> None:
         raise MixqError("ONNX export checks its output with onnxruntime: pip install 'mixq[export]'") from None
     from onnx import TensorProto, helper
 
-    types = [TensorProto.INT4] + ([TensorProto.INT2] if opset >= 25 else [])
+    types = [TensorProto.INT4, TensorProto.UINT4] + ([TensorProto.INT2, TensorProto.UINT2] if opset >= 25 else [])
     nodes, inits, outs = [], [], []
     for t in types:
         nm = TensorProto.DataType.Name(t)
-        inits += [helper.make_tensor(f"q{nm}", t, [2, 2], [1, -1, 0, 1]),
+        inits += [helper.make_tensor(f"q{nm}", t, [2, 2], [1, 1, 0, 1]),
                   helper.make_tensor(f"s{nm}", TensorProto.FLOAT, [2], [0.5, 0.25]),
                   helper.make_tensor(f"z{nm}", t, [2], [0, 1])]
         nodes.append(helper.make_node("DequantizeLinear", [f"q{nm}", f"s{nm}", f"z{nm}"], [f"y{nm}"], axis=0))
@@ -125,8 +134,10 @@ def check_opset(opset: int) -> None:
         raise MixqError(f"the installed onnxruntime {ort.__version__} cannot run opset {opset} (IR version "
                         f"{ir_version_for(opset)}) low-bit DequantizeLinear: {str(exc).splitlines()[0]}; try "
                         f"--opset 21 or upgrade onnxruntime") from None
-    if not np.allclose(got[0], [[0.5, -0.5], [-0.25, 0.0]]):
-        raise MixqError(f"onnxruntime {ort.__version__} dequantizes INT4 weights wrongly at opset {opset}")
+    for t, y in zip(types, got):
+        if not np.array_equal(y, [[0.5, 0.5], [-0.25, 0.0]]):
+            raise MixqError(f"onnxruntime {ort.__version__} dequantizes {TensorProto.DataType.Name(t)} weights "
+                            f"wrongly at opset {opset}")
 
 
 @dataclass
@@ -248,10 +259,13 @@ def _weight_qdq(graph, name: str, m: QuantConv2d | QuantLinear, ctype: str, bits
         raise MixqError(f"the exported graph has no weight initializer {w_name!r} feeding an operator; the layer "
                         "cannot be written as QDQ")
     q, scale, zp = m.weight_quantizer.integer_weight(m.weight)
-    shift = 1 << (bits - 1)  # unsigned grid [0, 2^b - 1] -> signed [-2^(b-1), 2^(b-1) - 1]
-    np_type = {"INT2": ml_dtypes.int2, "INT4": ml_dtypes.int4, "INT8": np.int8}[ctype]
-    q_s = (q.numpy().astype(np.int16) - shift).astype(np.int8).astype(np_type)
-    zp_s = (zp.numpy().astype(np.int16) - shift).astype(np.int8).astype(np_type)
+    signed = not ctype.startswith("U")
+    shift = 1 << (bits - 1) if signed else 0  # unsigned grid [0, 2^b - 1] -> signed [-2^(b-1), 2^(b-1) - 1]
+    np_type = {"INT2": ml_dtypes.int2, "INT4": ml_dtypes.int4, "INT8": np.int8, "UINT2": ml_dtypes.uint2,
+               "UINT4": ml_dtypes.uint4, "UINT8": np.uint8}[ctype]
+    small = np.int8 if signed else np.uint8
+    q_s = (q.numpy().astype(np.int16) - shift).astype(small).astype(np_type)
+    zp_s = (zp.numpy().astype(np.int16) - shift).astype(small).astype(np_type)
     q_init = numpy_helper.from_array(q_s, f"{name}.weight_quantized")
     graph.initializer.remove(init)
     graph.initializer.extend([
@@ -296,7 +310,8 @@ def _act_qdq(graph, name: str, m: QuantConv2d | QuantLinear, bits: int) -> None:
 
 
 def export_onnx(
-    qm: QuantModel, path: str | os.PathLike, input_shape: Sequence[int], opset: int = DEFAULT_OPSET
+    qm: QuantModel, path: str | os.PathLike, input_shape: Sequence[int], opset: int = DEFAULT_OPSET,
+    weight_type: str = "int",
 ) -> ExportReport:
     """Write a quantized model as an ONNX QDQ file with integer weights (see the module docstring).
 
@@ -306,6 +321,9 @@ def export_onnx(
         path: the ``.onnx`` file to write (its folder is created).
         input_shape: one sample's shape, e.g. ``(3, 32, 32)``; the batch dimension is dynamic.
         opset: target opset, 21..25 (2-bit weights are stored as INT2 from 25, as INT4 below).
+        weight_type: ``"int"`` (INT2/INT4/INT8) or ``"uint"`` (UINT2/UINT4/UINT8). onnxruntime's fused
+            integer kernels for uint8 activations x int8 weights can saturate on x86 CPUs without VNNI; unsigned
+            weights take its uint8 x uint8 kernels, which do not.
 
     Returns:
         The :class:`ExportReport`.
@@ -316,7 +334,7 @@ def export_onnx(
     layers = {n: qm.layers[n] for n in qm.layer_names}
     for n, m in layers.items():
         if bits.weights[n] != FLOAT_BITS:
-            container(bits.weights[n], opset)  # validates the bit-width
+            container(bits.weights[n], opset, weight_type)  # validates the bit-width and the type
         if m.input_quantizer.bits != FLOAT_BITS and not m.input_quantizer.calibrated:
             raise MixqError(f"layer {n!r} has no activation range: calibrate the model on samples before export")
     proto = onnx.version_converter.convert_version(_trace(_plain_copy(qm), input_shape), opset)
@@ -328,7 +346,7 @@ def export_onnx(
         if b == FLOAT_BITS:
             report.layers.append(LayerExport(n, b, a, "FLOAT", params, 4 * params))
         else:
-            ctype = container(b, opset)
+            ctype = container(b, opset, weight_type)
             report.layers.append(LayerExport(n, b, a, ctype, params, _weight_qdq(graph, n, m, ctype, b)))
         if a != FLOAT_BITS:
             _act_qdq(graph, n, m, a)

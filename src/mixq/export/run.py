@@ -52,4 +52,8 @@ def model_from_run(
     calibrated = (run / "calibrated.pt").exists()
     if calibrated:
         load_calibrated(qm, run / "calibrated.pt")
+    elif "calibration" in result or "calibrated_top1" in result:
+        raise MixqError(f"run {str(run)!r} was feature-calibrated but its calibrated.pt is missing (it is not kept "
+                        f"in git); regenerate it (python benchmarks/export_results.py --only {run.name}) or export "
+                        f"the uncalibrated searched bits with --config {str(run / 'config.json')!r}")
     return task, qm, calibrated
