@@ -85,6 +85,7 @@ def test_dequantized_weights_equal_mixq_bit_for_bit(task, tmp_path, weight_type)
         if bits == 32:
             continue
         assert (inits[f"{name}.weight_quantized"].data_type in unsigned) == (weight_type == "uint")
+        assert weight_levels(path, qm)[name] <= 2 ** bits
         q = numpy_helper.to_array(inits[f"{name}.weight_quantized"]).astype(np.float32)
         s = numpy_helper.to_array(inits[f"{name}.weight_scale"]).astype(np.float32)
         z = numpy_helper.to_array(inits[f"{name}.weight_zero_point"]).astype(np.float32)

@@ -141,8 +141,9 @@ def weight_levels(path: str | os.PathLike, qm: QuantModel) -> dict[str, int]:
         if bits[name] == FLOAT_BITS:
             continue
         init = inits.get(f"{name}.weight_quantized")
-        if init is None or init.data_type not in (onnx.TensorProto.INT2, onnx.TensorProto.INT4,
-                                                  onnx.TensorProto.INT8):
+        integer_types = (onnx.TensorProto.INT2, onnx.TensorProto.INT4, onnx.TensorProto.INT8,
+                         onnx.TensorProto.UINT2, onnx.TensorProto.UINT4, onnx.TensorProto.UINT8)
+        if init is None or init.data_type not in integer_types:
             raise MixqError(f"{str(path)!r}: layer {name!r} has no integer weight initializer")
         w = numpy_helper.to_array(init).astype(np.int16).reshape(init.dims[0], -1)
         most = max(len(np.unique(row)) for row in w)
