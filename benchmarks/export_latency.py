@@ -36,22 +36,26 @@ def _configs(qm: mixq.QuantModel) -> dict[str, dict[str, int] | int]:
     return {"W8A8": 8, "W4A8": 4, "mixed W2-8/A8": mixed}
 
 
-def _optimized_ops(path: Path) -> collections.Counter:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.optimized_model_filepath = str(path.with_suffix(".opt.onnx"))
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+def _session(path: Path, save_optimized: Path | None = None) -> ort.InferenceSession:
+    def make(no_qdq_fusion: bool) -> ort.InferenceSession:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if save_optimized is not None:
+            so.optimized_model_filepath = str(save_optimized)
+        if no_qdq_fusion:
+            so.add_session_config_entry("session.disable_quant_qdq", "1")
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
-
-def _session(path: Path) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return make(False)
     except Exception:  # INT2 weights: onnxruntime's QDQ fusion rejects them (see mixq.export.verify)
-        so.add_session_config_entry("session.disable_quant_qdq", "1")
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return make(True)
+
+
+def _optimized_ops(path: Path) -> collections.Counter:
+    out = path.with_suffix(".opt.onnx")
+    _session(path, save_optimized=out)
+    return collections.Counter(n.op_type for n in onnx.load(str(out)).graph.node)
 
 
 def bench_model(name: str, repeats: int, folder: Path) -> None:
