@@ -201,6 +201,10 @@ class Budget:
         for name, value in (("average bits", self.avg_bits), ("size in MB", self.size_mb)):
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise MixqError(f"budget {name} must be a positive number, got {value}")
+        if self.avg_bits is not None and self.avg_bits > MAX_BITS:
+            raise MixqError(f"budget of {self.avg_bits} average bits is above the maximum of {MAX_BITS} bits per "
+                            f"quantized weight: every layer at {MAX_BITS} bits already fits, so there is nothing to "
+                            f"choose; give {MAX_BITS} or less (or keep the model in float)")
 
     def max_bit_params(self, total_params: int) -> float:
         """The budget as a bound on sum(params x bits).

@@ -67,3 +67,25 @@ def resolve_model_root(arg: str | os.PathLike | None = None) -> Path | None:
         The folder, or ``None`` when nothing was found (callers fall back to the embedded checkpoint).
     """
     return _resolve(arg, "MIXQ_MODELS", "models")
+
+
+def output_folder(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Create an output folder, or fail with one clear message when the path is a file or under a file.
+
+    Args:
+        path: the folder.
+        what: how to name it in the message.
+
+    Returns:
+        The folder, created if needed.
+    """
+    out = Path(path)
+    for p in [out, *out.parents]:
+        if p.exists() and not p.is_dir():
+            where = "is a file" if p == out else f"lies under the file {str(p)!r}"
+            raise MixqError(f"{what} {str(out)!r} {where}; give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MixqError(f"cannot create {what} {str(out)!r}: {exc.strerror}") from None
+    return out

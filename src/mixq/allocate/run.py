@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from mixq.emq.proxy import proxy_stats_on, resolve_proxy
 from mixq.errors import MixqError
 from mixq.evaluation.task import Task
 from mixq.evoq.calibrate import CalibrationConfig, calibrate
+from mixq.paths import output_folder
 from mixq.provenance import versions
 from mixq.proxies.base import stats_for
 from mixq.quant.model import QuantModel, save_calibrated
@@ -117,8 +117,7 @@ def run_allocation(
          "seed": task.seed, "n_test": len(task.test),
          "fp32_top1": task.top1(task.model, progress=progress, desc="fp32"),
          "quant_top1": task.top1(qm, progress=progress, desc="allocated")}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out)
     if calibrate_after:
         calibrate(qm, task.calib, CalibrationConfig(seed=task.seed), progress=progress)
         r["calibrated_top1"] = task.top1(qm, progress=progress, desc="calibrated")

@@ -11,6 +11,7 @@ from mixq.allocate.run import run_allocation
 from mixq.bits import VALID_BITS, Budget
 from mixq.errors import MixqError
 from mixq.evaluation.task import Task, load_task
+from mixq.paths import output_folder
 
 EPILOG_DATA = (
     "Data and checkpoints: --data-root / $MIXQ_DATA (a folder holding cifar10-jpeg/ and imagenet-sample/) "
@@ -59,6 +60,8 @@ def task_from_args(args: argparse.Namespace) -> Task:
     Returns:
         The :class:`~mixq.evaluation.task.Task`.
     """
+    if args.batch_size < 1:
+        raise MixqError(f"--batch-size must be at least 1, got {args.batch_size}")
     return load_task(
         args.model, samples=args.samples, seed=args.seed, data_root=args.data_root,
         model_root=args.model_root, n_test=args.n_test, checkpoint=args.checkpoint,
@@ -108,9 +111,9 @@ def allocate_command(args: argparse.Namespace, calibrate_after: bool) -> int:
     if args.target_bits is None and args.size_mb is None:
         args.target_bits = 3.0
     budget = Budget(avg_bits=args.target_bits, size_mb=args.size_mb)
-    task = task_from_args(args)
     label = "emq" if args.proxy.endswith(".json") else args.proxy
-    out = args.out or f"runs/allocate-{label}-{args.target_bits or args.size_mb}"
+    out = output_folder(args.out or f"runs/allocate-{label}-{args.target_bits or args.size_mb}")
+    task = task_from_args(args)
     r = run_allocation(task, args.proxy, budget, bit_choices=args.bit_choices, max_gbitops=args.max_gbitops,
                        proxy_batch=args.proxy_batch, act_bits=args.act_bits, calibrate_after=calibrate_after,
                        progress=not args.no_progress, out=out)

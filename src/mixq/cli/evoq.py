@@ -9,6 +9,7 @@ from mixq.cli.common import EPILOG_DATA, add_task_args, check_bits_arg, task_fro
 from mixq.evoq.bitsearch import EvoQConfig
 from mixq.evoq.calibrate import CalibrationConfig
 from mixq.evoq.pipeline import RunOptions, run_evoq
+from mixq.paths import output_folder
 from mixq.reports.evoq import write_evoq_report
 
 CALIB_DEFAULTS = CalibrationConfig()
@@ -26,6 +27,7 @@ def cmd_evoq(args: argparse.Namespace) -> int:
         mutation=args.mutation, seed=args.seed,
     )
     out = args.out or f"runs/evoq-{args.model.replace(':', '_')}-{args.target_bits or args.size_mb}"
+    output_folder(out)  # a bad --out fails before the model and data are loaded
     task = task_from_args(args)
     calibration = CalibrationConfig(
         epochs=args.calib_epochs, lr=args.calib_lr, alpha=args.calib_alpha, beta=args.calib_beta,

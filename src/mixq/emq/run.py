@@ -13,7 +13,6 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from mixq.emq.proxy import FormulaProxy
 from mixq.emq.search import SCREEN_REASONS, EMQConfig, FormulaFitness, SearchState, run_search
 from mixq.errors import MixqError
 from mixq.evaluation.task import load_task
+from mixq.paths import output_folder
 from mixq.provenance import versions
 from mixq.proxies import get_proxy, list_proxies, stats_for
 from mixq.proxies.cache import StatsCache, cached_stats
@@ -121,8 +121,7 @@ def emq_search(
         The result dict (also written to ``out/result.json``).
     """
     config = config or EMQConfig()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out)
     t_start = time.perf_counter()
     data = _load_search_data(bench_path, config, data_root, model_root)
     qm, x, y = data.qm, data.x, data.y

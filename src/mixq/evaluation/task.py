@@ -71,6 +71,8 @@ class Task:
         Returns:
             Top-1 accuracy in percent.
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise MixqError(f"batch size must be a positive integer, got {batch_size!r}")
         n_batches = -(-len(self.test) // batch_size)
         return accuracy(model, self.test_batches(batch_size), total=n_batches, progress=progress, desc=desc)
 

@@ -26,6 +26,7 @@ from mixq.evaluation.task import Task
 from mixq.evoq.bitsearch import EvoQConfig, EvoQResult, evoq_search
 from mixq.evoq.calibrate import CalibrationConfig, calibrate
 from mixq.evoq.sensitivity import SensitivityTable, compute_sensitivity
+from mixq.paths import output_folder
 from mixq.provenance import versions
 from mixq.quant.model import QuantModel, save_calibrated
 
@@ -122,8 +123,7 @@ def run_evoq(task: Task, options: RunOptions, config: EvoQConfig, out: str | os.
     Returns:
         The ``result.json`` dict.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out)
     t_start = time.perf_counter()
     qm = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits, weight_range=options.weight_range)
     check_feasible(qm, options.budget, config.min_bits)

@@ -99,6 +99,7 @@ class QuantModel(nn.Module):
         if not isinstance(model, nn.Module):
             raise MixqError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = copy.deepcopy(model).eval()
+        _check_finite(self.model)
         self.fold_report: FoldReport = fold_batchnorm(self.model) if fold_bn else FoldReport(traced=False)
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -349,3 +350,12 @@ def load_calibrated(qm: QuantModel, path: str | os.PathLike) -> None:
         wq = qm.layers[name].weight_quantizer
         wq.grids = {int(b): (g["scale"].detach(), g["zero_point"]) for b, g in per_bits.items()}
         wq._cache.clear()
+
+
+def _check_finite(model: nn.Module) -> None:
+    """Refuse NaN / inf in any float parameter or buffer, naming the first such tensor."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise MixqError(f"model tensor {name!r} holds {bad} non-finite value(s) (NaN or inf); a model with "
+                            "non-finite weights cannot be quantized")
