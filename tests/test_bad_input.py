@@ -62,3 +62,64 @@ def test_non_finite_weights_are_refused_by_name(where):
     name = "0.weight" if where == "first conv weight" else "3.bias"
     with pytest.raises(MixqError, match=rf"model tensor '{name}' holds 1 non-finite value"):
         QuantModel(net, calib=torch.randn(4, 3, 6, 6))
+
+
+def test_benchmark_rows_with_impossible_labels_are_refused(tmp_path):
+    import sqlite3
+
+    from mixq.bench import MQBench
+
+    names, params = ["a", "b"], [10, 20]
+    path = tmp_path / "b.mqbench"
+    with MQBench.create(path, {"model": "tiny", "layer_names": names, "layer_params": params,
+                               "quantizer": {"act_bits": 8}, "sampling": {"mode": "emq"}}) as bench:
+        bench.add((2, 3), top1=50.0)
+        bench.add((3, 4), top1=60.0)
+    with MQBench.open(path, readonly=True) as bench:
+        assert [e.top1 for e in bench.entries()] == [50.0, 60.0]
+    for column, value in (("top1", 1e9), ("top1", -50.0), ("avg_bits", float("inf"))):
+        con = sqlite3.connect(path)
+        con.execute(f"UPDATE configs SET {column} = ? WHERE idx = 1", (value,))
+        con.commit()
+        con.close()
+        with MQBench.open(path, readonly=True) as bench, pytest.raises(MixqError, match="is corrupt: entry 1 has"):
+            bench.entries()
+        con = sqlite3.connect(path)
+        con.execute("UPDATE configs SET top1 = 60.0, avg_bits = 3.6666 WHERE idx = 1")
+        con.commit()
+        con.close()
+
+
+def test_search_checkpoint_with_a_malformed_population(tmp_path):
+    import json
+
+    from mixq.evaluation.metrics import predict
+    from mixq.evoq.bitsearch import EvoQConfig, evoq_search
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)).eval()
+    x = torch.randn(8, 3, 6, 6)
+    qm = QuantModel(net, calib=x)
+    ckpt = tmp_path / "search_state.json"
+    cfg = EvoQConfig(iterations=6, population=4, sample=2, mutation="random", seed=0)
+    evoq_search(qm, x, predict(net, x), Budget(avg_bits=4.0), cfg, checkpoint=ckpt, progress=False)
+    saved = json.loads(ckpt.read_text())
+    saved["state"]["population"] = [1, 2, 3]
+    ckpt.write_text(json.dumps(saved))
+    with pytest.raises(MixqError, match="matches this search but its state is malformed"):
+        evoq_search(qm, x, predict(net, x), Budget(avg_bits=4.0), cfg, checkpoint=ckpt, progress=False)
+
+
+def test_images_of_the_wrong_size_for_the_model(demo_only, tmp_path, capsys, monkeypatch):
+    import mixq.evaluation.task as task_module
+    from mixq.data import ImageSet
+
+    real = task_module.calibration_set
+
+    def small(*args, **kwargs):
+        s = real(*args, **kwargs)
+        return ImageSet(s.images[:, :, :8, :8].contiguous(), s.labels, s.name, s.split, s.indices)
+
+    monkeypatch.setattr(task_module, "calibration_set", small)
+    assert main(["eval", "--bits", "4", "--no-progress"]) == 2
+    assert "model 'resnet20-jpeg' expects 32x32 images, but the train images found are 8x8" in _one_error_line(capsys)

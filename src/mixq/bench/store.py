@@ -312,9 +312,21 @@ class MQBench:
                 f"benchmark {str(self.path)!r} is corrupt: entry {idx} has bits {text!r}, expected "
                 f"{len(self.layer_names)} comma-separated integers"
             )
+        try:
+            values = {"top1": float(top1), "avg_bits": float(avg_bits), "size_mb": float(size_mb)}
+        except (TypeError, ValueError):
+            values = {}
+        ok = (len(values) == 3 and 0.0 <= values["top1"] <= 100.0 and all(math.isfinite(v) for v in values.values())
+              and min(VALID_BITS) <= values["avg_bits"] <= max(VALID_BITS) and values["size_mb"] >= 0.0)
+        if not ok:
+            raise MixqError(
+                f"benchmark {str(self.path)!r} is corrupt: entry {idx} has top-1 {top1!r}, average bits {avg_bits!r} "
+                f"and size {size_mb!r} MB; expected a top-1 in [0, 100] %, average bits in "
+                f"[{min(VALID_BITS)}, {max(VALID_BITS)}] and a finite size"
+            )
         return Entry(
-            idx=int(idx), bits=dict(zip(self.layer_names, bits, strict=True)), top1=float(top1),
-            avg_bits=float(avg_bits), size_mb=float(size_mb), seconds=None if seconds is None else float(seconds),
+            idx=int(idx), bits=dict(zip(self.layer_names, bits, strict=True)), top1=values["top1"],
+            avg_bits=values["avg_bits"], size_mb=values["size_mb"], seconds=None if seconds is None else float(seconds),
         )
 
     _SELECT = "SELECT idx, bits, top1, avg_bits, size_mb, seconds FROM configs"

@@ -77,6 +77,15 @@ class Task:
         return accuracy(model, self.test_batches(batch_size), total=n_batches, progress=progress, desc=desc)
 
 
+def _check_image_size(model: str, side: int, *sets: ImageSet) -> None:
+    """A registered model is fed images of its own size; other sizes would run and give wrong accuracies."""
+    for images in sets:
+        h, w = (int(v) for v in images.images.shape[-2:])
+        if (h, w) != (side, side):
+            raise MixqError(f"model {model!r} expects {side}x{side} images, but the {images.split} images found "
+                            f"are {h}x{w}; check --data-root")
+
+
 def _floats3(values: Sequence[float] | None, what: str) -> tuple[float, float, float] | None:
     if values is None:
         return None
@@ -134,6 +143,8 @@ def load_task(
     calib_set = calibration_set(dataset, n=samples, seed=seed, data_root=data_root)
     exclude = calib_set if dataset == "imagenet" else None
     test = test_set(dataset, data_root=data_root, limit=n_test, exclude=exclude)
+    if ":" not in model:
+        _check_image_size(model, get_model_spec(model).input_size, calib_set, test)
     return Task(
         name=model,
         model=net.eval(),

@@ -293,7 +293,11 @@ class _SearchCheckpoint:
         if saved.get("signature") != json.loads(json.dumps(self.signature)):
             raise MixqError(f"search checkpoint {str(self.path)!r} belongs to a different search; remove it or "
                             f"use another output folder")
-        return EvolutionState.from_dict(saved["state"]), float(saved.get("seconds", 0.0))
+        try:
+            return EvolutionState.from_dict(saved["state"]), float(saved.get("seconds", 0.0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MixqError(f"search checkpoint {str(self.path)!r} matches this search but its state is malformed "
+                            f"({type(exc).__name__}: {exc}); remove it to start the search again") from None
 
     def save(self, search: TournamentEvolution, seconds: float) -> None:
         """Write the search state atomically (temporary file, then rename)."""
