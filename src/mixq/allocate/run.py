@@ -26,6 +26,14 @@ from mixq.proxies.base import stats_for
 from mixq.quant.model import QuantModel, save_calibrated
 
 
+def _solve(qm: QuantModel, costs, budget: Budget, bit_choices: Sequence[int], max_gbitops: float | None,
+           x_shape: tuple[int, ...], fixed: Mapping[str, int] | None = None) -> BitConfig:
+    """The ILP on per-layer costs; MACs are counted (one traced forward) only when a BitOps budget is set."""
+    max_bitops = max_gbitops * 1e9 if max_gbitops is not None else None
+    return allocate_config(qm, costs, budget, bit_choices=bit_choices, max_bitops=max_bitops, fixed=fixed,
+                           x_shape=x_shape if max_bitops is not None else None)
+
+
 def allocate(
     model: nn.Module | QuantModel,
     proxy: str = "hawq-v3",
@@ -68,10 +76,8 @@ def allocate(
     if p.needs_labels and labels is None:
         raise MixqError(f"proxy {proxy!r} needs labels for its statistics (labels=...)")
     stats = stats_for(qm, p, samples, labels if p.needs_labels else None, seed=seed)
-    max_bitops = max_gbitops * 1e9 if max_gbitops is not None else None
-    return allocate_config(qm, p.layer_costs(stats, bit_choices), Budget(avg_bits=target_bits, size_mb=size_mb),
-                           bit_choices=bit_choices, max_bitops=max_bitops, fixed=fixed,
-                           x_shape=tuple(samples.shape[1:]) if max_bitops is not None else None)
+    return _solve(qm, p.layer_costs(stats, bit_choices), Budget(avg_bits=target_bits, size_mb=size_mb), bit_choices,
+                  max_gbitops, tuple(samples.shape[1:]), fixed)
 
 
 def run_allocation(
@@ -106,10 +112,7 @@ def run_allocation(
     """
     qm = QuantModel(task.model, calib=task.calib, act_bits=act_bits)
     p, stats = proxy_stats_on(task, qm, proxy, proxy_batch, task.seed)
-    costs = p.layer_costs(stats, bit_choices)
-    max_bitops = max_gbitops * 1e9 if max_gbitops is not None else None
-    x_shape = tuple(task.calib.shape[1:]) if max_bitops is not None else None
-    cfg = allocate_config(qm, costs, budget, bit_choices=bit_choices, max_bitops=max_bitops, x_shape=x_shape)
+    cfg = _solve(qm, p.layer_costs(stats, bit_choices), budget, bit_choices, max_gbitops, tuple(task.calib.shape[1:]))
     qm.set_bits(cfg)
     r = {"model": task.name, "proxy": proxy, "proxy_name": p.name, "budget_avg_bits": budget.avg_bits,
          "budget_size_mb": budget.size_mb, "max_gbitops": max_gbitops, "avg_bits": qm.avg_bits(),

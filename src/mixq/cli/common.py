@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from mixq.allocate.run import run_allocation
-from mixq.bits import VALID_BITS, Budget
+from mixq.bits import VALID_BITS, BitConfig, Budget
 from mixq.errors import MixqError
 from mixq.evaluation.task import Task, load_task
 from mixq.paths import output_folder
@@ -82,6 +82,24 @@ def check_bits_arg(value: int, flag: str) -> int:
     if value not in VALID_BITS:
         raise MixqError(f"{flag} {value} is out of range: expected 2..8, or 32 for float")
     return value
+
+
+def bits_from_args(args: argparse.Namespace, neither_or_both: str) -> BitConfig | int:
+    """The weight bits of ``--bits B`` or ``--config FILE`` (exactly one), with ``--act-bits`` checked too.
+
+    Args:
+        args: parsed arguments with ``bits``, ``config`` and ``act_bits``.
+        neither_or_both: the message when neither or both are given.
+
+    Returns:
+        The uniform bit-width, or the loaded :class:`~mixq.bits.BitConfig`.
+    """
+    if (args.bits is None) == (args.config is None):
+        raise MixqError(neither_or_both)
+    if args.bits is not None:
+        check_bits_arg(args.bits, "--bits")
+    check_bits_arg(args.act_bits, "--act-bits")
+    return BitConfig.load(args.config) if args.config else args.bits
 
 
 def add_allocate_args(p: argparse.ArgumentParser) -> None:

@@ -6,9 +6,7 @@ import argparse
 import json
 import time
 
-from mixq.bits import BitConfig
-from mixq.cli.common import EPILOG_DATA, add_task_args, check_bits_arg, task_from_args
-from mixq.errors import MixqError
+from mixq.cli.common import EPILOG_DATA, add_task_args, bits_from_args, task_from_args
 from mixq.models import get_model_spec, list_models
 from mixq.provenance import versions
 from mixq.quant.model import QuantModel
@@ -16,18 +14,13 @@ from mixq.quant.model import QuantModel
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """FP32 and quantized top-1 of a model at a uniform bit-width or a BitConfig file."""
-    if (args.bits is None) == (args.config is None):
-        raise MixqError("give exactly one of --bits B or --config FILE")
-    if args.bits is not None:
-        check_bits_arg(args.bits, "--bits")
-    check_bits_arg(args.act_bits, "--act-bits")
-    config = BitConfig.load(args.config) if args.config else None
+    bits = bits_from_args(args, "give exactly one of --bits B or --config FILE")
     t0 = time.perf_counter()
     task = task_from_args(args)
     progress = not args.no_progress
     fp32 = task.top1(task.model, args.batch_size, progress, desc="fp32")
     qm = QuantModel(task.model, calib=task.calib, act_bits=args.act_bits)
-    qm.set_bits(config if config is not None else args.bits)
+    qm.set_bits(bits)
     quant = task.top1(qm, args.batch_size, progress, desc="quantized")
     result = {
         "model": task.name,

@@ -6,8 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mixq.bits import BitConfig
-from mixq.cli.common import EPILOG_DATA, add_task_args, check_bits_arg, task_from_args
+from mixq.cli.common import EPILOG_DATA, add_task_args, bits_from_args, task_from_args
 from mixq.errors import MixqError
 from mixq.export import (
     DEFAULT_OPSET,
@@ -31,17 +30,10 @@ def _model_to_export(args: argparse.Namespace):
             raise MixqError("give a run folder or --config / --bits, not both")
         task, qm, calibrated = model_from_run(args.run_dir, args.data_root, args.model_root, args.n_test)
         return task, qm, calibrated, str(args.run_dir)
-    if (args.bits is None) == (args.config is None):
-        raise MixqError("give a run folder, or exactly one of --bits B / --config FILE")
-    check_bits_arg(args.act_bits, "--act-bits")
-    config = BitConfig.load(args.config) if args.config else None
-    if args.bits is not None:
-        check_bits_arg(args.bits, "--bits")
+    bits = bits_from_args(args, "give a run folder, or exactly one of --bits B / --config FILE")
     task = task_from_args(args)
     qm = QuantModel(task.model, calib=task.calib, act_bits=args.act_bits)
-    if config is not None:
-        config.validate(qm.layer_names)
-    qm.set_bits(config if config is not None else args.bits)
+    qm.set_bits(bits)
     return task, qm, False, args.config or f"uniform {args.bits}-bit"
 
 

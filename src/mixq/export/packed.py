@@ -507,8 +507,8 @@ def load_quantized(path: str | os.PathLike, *, model_root: str | os.PathLike | N
     if mismatch:
         raise MixqError(f"{where} does not fit model {ref!r}: {mismatch}")
     qm.model.load_state_dict(state, strict=True)
-    for name, (b, sc, zp) in grids.items():  # the weights were never quantized here: no cache to clear
-        qm.layers[name].weight_quantizer.grids = {b: (sc, zp)}
+    for name, (b, sc, zp) in grids.items():
+        qm.layers[name].weight_quantizer.set_grids({b: (sc, zp)})
     qm.set_bits(config)
     qm.input_shape = None if input_shape is None else tuple(input_shape)
     return qm

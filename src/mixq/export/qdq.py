@@ -283,11 +283,7 @@ def _act_qdq(graph, name: str, m: QuantConv2d | QuantLinear, bits: int) -> None:
     """Put QuantizeLinear -> (Clip) -> DequantizeLinear on the data input of the operator using ``name``'s weight."""
     from onnx import TensorProto, helper
 
-    from mixq.quant.primitives import asym_qparams
-
-    if not m.input_quantizer.calibrated:
-        raise MixqError(f"layer {name!r} has no activation range: calibrate the model on samples before export")
-    scale, zp = asym_qparams(m.input_quantizer.min_val, m.input_quantizer.max_val, bits)
+    scale, zp = m.input_quantizer.qparams()  # export_onnx has checked that every range was observed
     op = _consumers(graph, f"{name}.weight")[0]
     x = op.input[0]
     s_name, z_name = f"{name}.input_scale", f"{name}.input_zero_point"

@@ -347,9 +347,8 @@ def load_calibrated(qm: QuantModel, path: str | os.PathLike) -> None:
     if unknown:
         raise MixqError(f"calibrated weights {str(path)!r} name unknown layer(s) {unknown[:5]}")
     for name, per_bits in grids.items():
-        wq = qm.layers[name].weight_quantizer
-        wq.grids = {int(b): (g["scale"].detach(), g["zero_point"]) for b, g in per_bits.items()}
-        wq._cache.clear()
+        qm.layers[name].weight_quantizer.set_grids(
+            {int(b): (g["scale"].detach(), g["zero_point"]) for b, g in per_bits.items()})
 
 
 def _check_finite(model: nn.Module) -> None:

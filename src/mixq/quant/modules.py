@@ -62,6 +62,15 @@ class WeightQuantizer(nn.Module):
         self._cache.clear()
         return scale
 
+    def set_grids(self, grids: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Replace the frozen grids (e.g. learned by calibration and saved), dropping the cached weights.
+
+        Args:
+            grids: bit-width -> (scale ``(C,)`` float32, zero point ``(C,)`` int32).
+        """
+        self.grids = dict(grids)
+        self._cache.clear()
+
     def _quantize(self, w: torch.Tensor) -> torch.Tensor:
         grid = self.grids.get(self.bits)
         if grid is None:
@@ -166,6 +175,19 @@ class ActQuantizer(nn.Module):
         """Whether a range has been observed."""
         return bool(torch.isfinite(self.min_val)) and bool(torch.isfinite(self.max_val))
 
+    def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The grid of the observed range at the current bit-width.
+
+        Returns:
+            ``(scale, zero_point)``: float32 and int32 scalars on the grid ``[0, 2^bits - 1]``.
+        """
+        if not self.calibrated:
+            raise MixqError(
+                "activation quantizer has no range: calibrate the model on samples first "
+                "(QuantModel(..., calib=x) or QuantModel.calibrate_activations(x))"
+            )
+        return asym_qparams(self.min_val, self.max_val, self.bits)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Observe or fake-quantize the input.
 
@@ -185,12 +207,7 @@ class ActQuantizer(nn.Module):
             return x
         qp = self._qparams.get(self.bits)
         if qp is None:
-            if not self.calibrated:
-                raise MixqError(
-                    "activation quantizer has no range: calibrate the model on samples first "
-                    "(QuantModel(..., calib=x) or QuantModel.calibrate_activations(x))"
-                )
-            scale, zp = asym_qparams(self.min_val, self.max_val, self.bits)
+            scale, zp = self.qparams()
             qp = (scale, zp, torch.reciprocal(scale), zp.float())
             self._qparams[self.bits] = qp
         if torch.is_grad_enabled() and x.requires_grad:
