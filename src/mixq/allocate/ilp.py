@@ -35,8 +35,8 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from mixq.bits import BitConfig, Budget
 from mixq.errors import MixqError
+from mixq.quant.matching import call_macs
 from mixq.quant.model import QuantModel
-from mixq.quant.modules import QuantConv2d, QuantLinear
 
 DEFAULT_BIT_CHOICES = (2, 3, 4, 5, 6, 7, 8)
 _BUDGET_RTOL = 1e-12  # same tolerance as QuantModel.fits
@@ -358,12 +358,7 @@ def layer_macs(qm: QuantModel, x_shape: Sequence[int]) -> list[int]:
 
     def hook(name: str) -> Callable:
         def record(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            per_sample = output.numel() // output.shape[0]
-            if isinstance(module, QuantConv2d):
-                kh, kw = module.kernel_size
-                counts[name] += per_sample * (module.in_channels // module.groups) * kh * kw
-            elif isinstance(module, QuantLinear):
-                counts[name] += per_sample * module.in_features
+            counts[name] += call_macs(module, inputs, output)  # the input is one sample
         return record
 
     ref = next(qm.parameters(), None)

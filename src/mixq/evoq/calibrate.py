@@ -198,18 +198,43 @@ class CalibrationResult:
 
 
 class _FeatureTap:
-    """Forward hooks that record the output of each quantized layer."""
+    """Forward hooks that record the outputs of each quantized layer, one ``(N, F)`` feature per layer.
 
-    def __init__(self, layers: list[nn.Module]) -> None:
-        self.outputs: list[torch.Tensor] = []
+    A layer called several times in one forward (a shared block, tied weights share its quantizers but are
+    not tapped) contributes all its calls, flattened and concatenated; a layer not called contributes
+    ``(N, 0)``. Outputs are aligned on their batch axis (axis 0, or axis 1 for sequence-first layers).
+    """
+
+    def __init__(self, layers: list[nn.Module], names: list[str]) -> None:
+        self.names = names
+        self._index = {id(m): i for i, m in enumerate(layers)}
+        self.outputs: list[list[torch.Tensor]] = [[] for _ in layers]
         self._handles = [m.register_forward_hook(self._hook) for m in layers]
 
-    def _hook(self, module: nn.Module, inputs: object, output: torch.Tensor) -> None:
-        self.outputs.append(output)
+    def _hook(self, module: nn.Module, inputs: object, output: torch.Tensor | tuple) -> None:
+        self.outputs[self._index[id(module)]].append(output[0] if isinstance(output, tuple) else output)
 
-    def take(self) -> list[torch.Tensor]:
-        out, self.outputs = self.outputs, []
-        return out
+    def take(self, n: int) -> list[torch.Tensor]:
+        """The features of the last forward (batch of ``n``), and forget them.
+
+        Args:
+            n: the batch size of that forward.
+
+        Returns:
+            One ``(n, F)`` tensor per layer.
+        """
+        calls, self.outputs = self.outputs, [[] for _ in self.outputs]
+        return [torch.cat([self._per_sample(o, n, name) for o in c], 1) if c else torch.zeros(n, 0)
+                for c, name in zip(calls, self.names, strict=True)]
+
+    @staticmethod
+    def _per_sample(out: torch.Tensor, n: int, name: str) -> torch.Tensor:
+        if out.dim() >= 1 and out.shape[0] == n:
+            return out.reshape(n, -1)
+        if out.dim() >= 2 and out.shape[1] == n:
+            return out.transpose(0, 1).reshape(n, -1)
+        raise MixqError(f"layer {name!r} output {tuple(out.shape)} has no batch axis of size {n}: calibrate "
+                        "with features='output'")
 
     def close(self) -> None:
         for h in self._handles:
@@ -226,8 +251,16 @@ def _loss(
 ) -> torch.Tensor:
     loss = config.alpha * torch.mean((logits - t_logits) ** 2)
     if feats and config.beta > 0:
-        terms = [torch.mean((f - t) ** 2) / s for f, t, s in zip(feats, t_feats, scales, strict=True)]
-        loss = loss + config.beta * torch.stack(terms).mean()
+        terms = []
+        for f, t, s in zip(feats, t_feats, scales, strict=True):
+            if f.shape != t.shape:
+                raise MixqError(f"a layer's features differ between the float and the quantized model "
+                                f"({tuple(t.shape)} vs {tuple(f.shape)}): a data-dependent branch? Calibrate with "
+                                "features='output'")
+            if t.numel() > 0:
+                terms.append(torch.mean((f - t) ** 2) / s)
+        if terms:
+            loss = loss + config.beta * torch.stack(terms).mean()
     return loss
 
 
@@ -250,10 +283,15 @@ def _teacher_targets(qm: QuantModel, calib: torch.Tensor, bs: int, tap: _Feature
         for i in range(0, n, bs):
             t_logits.append(qm(calib[i:i + bs]))
             if tap is not None:
-                for store, f in zip(t_feats, tap.take(), strict=True):
+                for store, f in zip(t_feats, tap.take(t_logits[-1].shape[0]), strict=True):
                     store.append(f)
-    feats = [torch.cat(s) for s in t_feats]
-    scales = [max(float(torch.mean(f ** 2)), 1e-12) if config.normalize_features else 1.0 for f in feats]
+    try:
+        feats = [torch.cat(s) for s in t_feats]
+    except RuntimeError:
+        raise MixqError("a layer is called a different number of times for different calibration batches (a "
+                        "data-dependent branch): calibrate with features='output'") from None
+    scales = [max(float(torch.mean(f ** 2)), 1e-12) if config.normalize_features and f.numel() else 1.0
+              for f in feats]
     return _Targets(torch.cat(t_logits), feats, scales)
 
 
@@ -265,7 +303,7 @@ def _dataset_loss(qm: QuantModel, calib: torch.Tensor, bs: int, tap: _FeatureTap
     with torch.no_grad():
         for i in range(0, n, bs):
             out = qm(calib[i:i + bs])
-            feats = tap.take() if tap is not None else []
+            feats = tap.take(out.shape[0]) if tap is not None else []
             tf = [f[i:i + bs] for f in targets.feats]
             total += float(_loss(out, feats, targets.logits[i:i + bs], tf, targets.scales, config)) * out.shape[0]
     return total / n
@@ -307,11 +345,11 @@ def _train_epoch(s: _Student, calib: torch.Tensor, bs: int, targets: _Targets, o
             xb = augment_batch(calib[idx], gen)
             with torch.no_grad(), s.teacher.float_mode():
                 tl = s.teacher(xb)
-                tf = s.t_tap.take() if s.t_tap is not None else []
+                tf = s.t_tap.take(tl.shape[0]) if s.t_tap is not None else []
         else:
             xb, tl, tf = calib[idx], targets.logits[idx], [f[idx] for f in targets.feats]
         out = s.qm(xb)  # straight-through gradients reach the float weights
-        feats = s.tap.take() if s.tap is not None else []
+        feats = s.tap.take(out.shape[0]) if s.tap is not None else []
         loss = _loss(out, feats, tl, tf, targets.scales, config)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -358,7 +396,7 @@ def calibrate(
     # the augmentation teacher is copied before the student's hooks exist: a deep copy would carry them
     # (and a copy of their store, which nobody empties)
     student = _Student(qm, None, copy.deepcopy(qm) if config.augment else None, None)
-    student.tap = _FeatureTap(layers) if use_feats else None
+    student.tap = _FeatureTap(layers, qm.layer_names) if use_feats else None
     params: list[nn.Parameter] = [m.weight for m in layers]
     if config.train_bias:
         params += [m.bias for m in layers if m.bias is not None]
@@ -368,7 +406,8 @@ def calibrate(
         result.initial_loss = _dataset_loss(qm, calib, bs, student.tap, targets, config)
         if student.teacher is not None:  # a frozen float copy recomputes the targets on each augmented batch
             t = student.teacher
-            student.t_tap = _FeatureTap([t.layers[name] for name in t.layer_names]) if use_feats else None
+            student.t_tap = (_FeatureTap([t.layers[name] for name in t.layer_names], t.layer_names)
+                             if use_feats else None)
         if config.learn_scale:
             for m in layers:
                 if m.weight_quantizer.bits != FLOAT_BITS:

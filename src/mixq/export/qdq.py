@@ -36,7 +36,7 @@ from torch import nn
 from mixq.bits import FLOAT_BITS, MAX_BITS, MIN_BITS
 from mixq.errors import MixqError
 from mixq.quant.model import QuantModel
-from mixq.quant.modules import QuantConv2d, QuantLinear
+from mixq.quant.modules import QuantMixin
 
 OPSETS = (21, 22, 23, 24, 25)  # INT4 DequantizeLinear needs 21; INT2 needs 25
 DEFAULT_OPSET = 25
@@ -207,25 +207,27 @@ class ExportReport:
 
 
 def _plain_copy(qm: QuantModel) -> nn.Module:
-    """A copy of the folded model with each quantized layer replaced by a plain Conv2d / Linear holding
-    its (fake-)quantized weight, so the traced graph has one named weight initializer per layer."""
+    """A copy of the folded model with each quantized layer replaced by its plain torch layer holding the
+    (fake-)quantized weight, so the traced graph has one named weight initializer per layer. Aliases get the
+    same plain layer and tied layers one shared weight, so each weight tensor is written once."""
     model = copy.deepcopy(qm.model)
-    for name in qm.layer_names:
-        q = model.get_submodule(name)
-        with torch.no_grad():
-            w = q.quantized_weight().detach().clone()
-        if isinstance(q, QuantConv2d):
-            plain: nn.Module = nn.Conv2d(q.in_channels, q.out_channels, q.kernel_size, q.stride, q.padding,
-                                         q.dilation, q.groups, q.bias is not None, q.padding_mode)
-        elif isinstance(q, QuantLinear):
-            plain = nn.Linear(q.in_features, q.out_features, q.bias is not None)
-        else:
-            raise MixqError(f"layer {name!r} of type {type(q).__name__} cannot be exported to ONNX")
-        plain.weight = nn.Parameter(w, requires_grad=False)
-        if q.bias is not None:
-            plain.bias = nn.Parameter(q.bias.detach().clone(), requires_grad=False)
+    plain_of: dict[int, nn.Module] = {}
+    weight_of: dict[int, nn.Parameter] = {}  # one weight per weight quantizer: tied layers share both
+    for name, q in list(model.named_modules(remove_duplicate=False)):
+        if not isinstance(q, QuantMixin):
+            continue
+        if id(q) not in plain_of:
+            with torch.no_grad():
+                w = q.quantized_weight().detach()
+            try:
+                plain = q.to_float(w)
+            except MixqError as exc:
+                raise MixqError(f"layer {name!r}: {exc}") from None
+            shared = weight_of.setdefault(id(q.weight_quantizer), plain.weight)
+            plain.weight = shared
+            plain_of[id(q)] = plain
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, plain)
+        setattr(model.get_submodule(parent) if parent else model, child, plain_of[id(q)])
     return model.eval()
 
 
@@ -248,7 +250,7 @@ def _consumers(graph, tensor: str) -> list:
     return [n for n in graph.node if tensor in n.input]
 
 
-def _weight_qdq(graph, name: str, m: QuantConv2d | QuantLinear, ctype: str, bits: int) -> int:
+def _weight_qdq(graph, name: str, m: QuantMixin, ctype: str, bits: int) -> int:
     """Swap the float weight initializer of layer ``name`` for integers + a per-channel DequantizeLinear."""
     import ml_dtypes
     from onnx import helper, numpy_helper
@@ -274,35 +276,41 @@ def _weight_qdq(graph, name: str, m: QuantConv2d | QuantLinear, ctype: str, bits
         numpy_helper.from_array(zp_s, f"{name}.weight_zero_point"),
     ])
     dq = helper.make_node("DequantizeLinear", [q_init.name, f"{name}.weight_scale", f"{name}.weight_zero_point"],
-                          [w_name], name=f"{name}.weight_dequantize", axis=0)
+                          [w_name], name=f"{name}.weight_dequantize", axis=m.weight_quantizer.axis)
     graph.node.insert(0, dq)
     return len(q_init.raw_data)
 
 
-def _act_qdq(graph, name: str, m: QuantConv2d | QuantLinear, bits: int) -> None:
-    """Put QuantizeLinear -> (Clip) -> DequantizeLinear on the data input of the operator using ``name``'s weight."""
+def _act_qdq(graph, name: str, m: QuantMixin, bits: int) -> None:
+    """Put QuantizeLinear -> (Clip) -> DequantizeLinear on the data input of every operator using ``name``'s
+    weight (a layer called twice, or tied layers, share one input grid)."""
     from onnx import TensorProto, helper
 
     scale, zp = m.input_quantizer.qparams()  # export_onnx has checked that every range was observed
-    op = _consumers(graph, f"{name}.weight")[0]
-    x = op.input[0]
     s_name, z_name = f"{name}.input_scale", f"{name}.input_zero_point"
     graph.initializer.extend([helper.make_tensor(s_name, TensorProto.FLOAT, [], [float(scale)]),
                               helper.make_tensor(z_name, TensorProto.UINT8, [], [int(zp)])])
-    q_out, dq_out = f"{name}.input_quantized", f"{name}.input_dequantized"
-    nodes = [helper.make_node("QuantizeLinear", [x, s_name, z_name], [q_out], name=f"{name}.input_quantize")]
     if bits < 8:  # UINT8 saturates at 255; the layer's grid ends at 2^b - 1
         lo, hi = f"{name}.input_qmin", f"{name}.input_qmax"
         graph.initializer.extend([helper.make_tensor(lo, TensorProto.UINT8, [], [0]),
                                   helper.make_tensor(hi, TensorProto.UINT8, [], [(1 << bits) - 1])])
-        nodes.append(helper.make_node("Clip", [q_out, lo, hi], [f"{name}.input_clipped"], name=f"{name}.input_clip"))
-        q_out = f"{name}.input_clipped"
-    nodes.append(helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out],
-                                  name=f"{name}.input_dequantize"))
-    position = list(graph.node).index(op)
-    for k, n in enumerate(nodes):
-        graph.node.insert(position + k, n)
-    op.input[0] = dq_out
+    for k, op in enumerate(_consumers(graph, f"{name}.weight")):
+        tag = name if k == 0 else f"{name}.call{k}"
+        q_out, dq_out = f"{tag}.input_quantized", f"{tag}.input_dequantized"
+        if op.op_type not in ("Conv", "ConvTranspose", "Gemm") or op.input[0] == f"{name}.weight":
+            raise MixqError(f"layer {name!r}: the exported graph feeds its weight to a {op.op_type} node; mixq writes "
+                            "activation QDQ only for Conv, ConvTranspose and Gemm (2-D Linear inputs)")
+        nodes = [helper.make_node("QuantizeLinear", [op.input[0], s_name, z_name], [q_out],
+                                  name=f"{tag}.input_quantize")]
+        if bits < 8:
+            nodes.append(helper.make_node("Clip", [q_out, lo, hi], [f"{tag}.input_clipped"], name=f"{tag}.input_clip"))
+            q_out = f"{tag}.input_clipped"
+        nodes.append(helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out],
+                                      name=f"{tag}.input_dequantize"))
+        position = list(graph.node).index(op)
+        for j, n in enumerate(nodes):
+            graph.node.insert(position + j, n)
+        op.input[0] = dq_out
 
 
 def export_onnx(

@@ -23,7 +23,9 @@ from torch import nn
 
 from mixq.bits import BitConfig
 from mixq.errors import MixqError
+from mixq.quant.matching import quant_class_for
 from mixq.quant.model import QuantModel
+from mixq.quant.modules import QuantMixin
 from mixq.quant.primitives import FLOAT_BITS, MAX_BITS, MIN_BITS
 
 BITS: tuple[int, ...] = tuple(range(MIN_BITS, MAX_BITS + 1)) + (FLOAT_BITS,)
@@ -141,8 +143,8 @@ def layer_modules(model: nn.Module, layer_names: Sequence[str]) -> list[nn.Modul
             m = root.get_submodule(n)
         except AttributeError:
             raise MixqError(f"model has no layer {n!r}") from None
-        if not isinstance(m, (nn.Conv2d, nn.Linear)):
-            raise MixqError(f"layer {n!r} is a {type(m).__name__}, expected Conv2d or Linear")
+        if isinstance(m, nn.MultiheadAttention) or not (isinstance(m, QuantMixin) or quant_class_for(m)[0]):
+            raise MixqError(f"layer {n!r} is a {type(m).__name__}, expected a convolution or Linear layer")
         mods.append(m)
     return mods
 
@@ -361,21 +363,22 @@ def weight_at_bits(module: nn.Module, bits: int) -> torch.Tensor:
     if bits == FLOAT_BITS:
         return w
     method = getattr(getattr(module, "weight_quantizer", None), "method", "minmax")
+    axis = 1 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 0
     with torch.no_grad():
-        return quantize_weight_with(w, bits, method)
+        return quantize_weight_with(w, bits, method, axis)
 
 
 def layer_forward(module: nn.Module, inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Run a Conv2d / Linear on ``inp`` with another weight (float arithmetic, no input quantizer).
+    """Run a convolution / Linear on ``inp`` with another weight (float arithmetic, no input quantizer).
 
     Args:
-        module: the layer.
+        module: the layer (float or quantized).
         inp: its input.
         weight: replacement weight.
 
     Returns:
         The layer output.
     """
-    if isinstance(module, nn.Conv2d):
-        return module._conv_forward(inp, weight, module.bias)
-    return torch.nn.functional.linear(inp, weight, module.bias)
+    if isinstance(module, QuantMixin):
+        return module.forward_with(inp, weight)
+    return quant_class_for(module)[0].forward_with(module, inp, weight)

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mixq.proxies.base import Proxy, capture_outputs, linear_in_bits
+from mixq.proxies.base import Proxy, linear_in_bits
 from mixq.proxies.registry import register_proxy
+from mixq.quant.matching import call_macs
 from mixq.quant.model import MB
 
 
@@ -28,7 +29,7 @@ class BParams(Proxy):
 
 
 def layer_macs(model: nn.Module, modules: list[nn.Module], x: torch.Tensor) -> np.ndarray:
-    """Multiply-accumulates per sample of each Conv2d / Linear, from one forward of ``x[:1]``.
+    """Multiply-accumulates per sample of each layer, from one forward of ``x[:1]``.
 
     Args:
         model: the model.
@@ -38,17 +39,19 @@ def layer_macs(model: nn.Module, modules: list[nn.Module], x: torch.Tensor) -> n
     Returns:
         ``(L,)`` MACs per sample (summed over calls if a layer is called more than once).
     """
-    with torch.no_grad(), capture_outputs(modules) as outs:
-        model(x[:1])
     macs = np.zeros(len(modules), dtype=np.float64)
-    for i, (m, calls) in enumerate(zip(modules, outs)):
-        for out in calls:
-            per_sample = out[0].numel()
-            if isinstance(m, nn.Conv2d):
-                fan_in = (m.in_channels // m.groups) * int(np.prod(m.kernel_size))
-            else:
-                fan_in = m.in_features
-            macs[i] += per_sample * fan_in
+    index = {id(m): i for i, m in enumerate(modules)}
+
+    def record(module: nn.Module, inputs: tuple, output: object) -> None:
+        macs[index[id(module)]] += call_macs(module, inputs, output)  # the input is one sample
+
+    handles = [m.register_forward_hook(record) for m in modules]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
     return macs
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,10 @@ from torch import nn
 
 from mixq.bits import MB, BitConfig, Budget
 from mixq.errors import MixqError
+from mixq.quant.attention import disable_fast_path
 from mixq.quant.fold import FoldReport, fold_batchnorm
-from mixq.quant.modules import QUANT_LAYER_TYPES, QuantConv2d, QuantLinear
+from mixq.quant.matching import LayerPlan, plan_layers, quant_class_for
+from mixq.quant.modules import QuantMixin
 from mixq.quant.primitives import FLOAT_BITS
 from mixq.quant.ranges import get_range_method
 
@@ -34,7 +37,7 @@ class LayerInfo:
 
     Attributes:
         name: qualified module name.
-        kind: "conv" or "linear".
+        kind: "conv", "conv_transpose", "linear" or "attention".
         params: number of weight parameters.
         bias_params: number of bias parameters (0 if none).
         weight_shape: weight tensor shape.
@@ -49,31 +52,56 @@ class LayerInfo:
     macs: int = 0
 
 
-def _wrap_layers(model: nn.Module, weight_bits: int, act_bits: int, weight_range: str) -> list[str]:
-    names = []
-    for name, module in list(model.named_modules()):
-        if isinstance(module, QUANT_LAYER_TYPES):
-            raise MixqError(f"layer {name!r} is already quantized: pass the float model")
-        if type(module) is nn.Conv2d:
-            new: nn.Module = QuantConv2d.from_float(module, weight_bits, act_bits, weight_range)
-        elif type(module) is nn.Linear:
-            new = QuantLinear.from_float(module, weight_bits, act_bits, weight_range)
-        else:
-            continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, new)
-        names.append(name)
-    if not names:
-        raise MixqError("model has no Conv2d or Linear layer to quantize")
-    return names
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def _wrap_layers(model: nn.Module, weight_bits: int, act_bits: int, weight_range: str) -> LayerPlan:
+    """Swap every planned layer for its quantized class in place (aliases get the same object, tied modules
+    share the owner's quantizers) and warn once about what stays in float."""
+    plan = plan_layers(model)
+    if not plan.layers:
+        detail = f"; left in float: {_skipped_text(plan.skipped)}" if plan.skipped else ""
+        raise MixqError("model has no convolution, linear or attention layer mixq can quantize" + detail)
+    wrapped: dict[str, nn.Module] = {}
+    for name, qcls in plan.layers.items():
+        wrapped[name] = qcls.from_float(model.get_submodule(name), weight_bits, act_bits, weight_range)
+    for name, owner in plan.tied.items():
+        float_layer = model.get_submodule(name)
+        q = _quant_class(float_layer).from_float(float_layer, weight_bits, act_bits, weight_range)
+        q.weight_quantizer = wrapped[owner].weight_quantizer
+        q.input_quantizer = wrapped[owner].input_quantizer
+        wrapped[name] = q
+    for alias, name in plan.aliases.items():
+        wrapped[alias] = wrapped[name]
+    for name in sorted(wrapped, key=lambda n: n.count(".")):  # parents before their children
+        _set_module(model, name, wrapped[name])
+    disable_fast_path(model)
+    if plan.skipped:
+        warnings.warn(f"mixq leaves {len(plan.skipped)} module(s) in float, not counted in size or bits: "
+                      f"{_skipped_text(plan.skipped)}", stacklevel=3)
+    return plan
+
+
+def _quant_class(module: nn.Module) -> type[QuantMixin]:
+    qcls, reason = quant_class_for(module)
+    if qcls is None:
+        raise MixqError(f"a {type(module).__name__} cannot be quantized: {reason}")
+    return qcls
+
+
+def _skipped_text(skipped: Mapping[str, str]) -> str:
+    return "; ".join(f"{n!r} ({r})" for n, r in skipped.items())
 
 
 class QuantModel(nn.Module):
     """A quantization-ready copy of a float model.
 
     Args:
-        model: float model built from Conv2d / Linear (+ BatchNorm2d); it is deep-copied, not changed.
+        model: any float model; its convolution, linear and attention layers are quantized, anything else
+            holding a weight is named in one warning and left in float (see :mod:`mixq.quant.matching`).
+            It is deep-copied, not changed.
         calib: calibration inputs ``(N, C, H, W)`` (already normalised) used to observe activation
             ranges; may be omitted when ``act_bits == 32`` or given later to
             :meth:`calibrate_activations`.
@@ -105,10 +133,12 @@ class QuantModel(nn.Module):
             p.requires_grad_(False)
         get_range_method(weight_range)  # validate before the expensive part
         self.weight_range = weight_range
-        self.layer_names: list[str] = _wrap_layers(self.model, weight_bits, act_bits, weight_range)
-        self.layers: dict[str, QuantConv2d | QuantLinear] = {
-            n: self.model.get_submodule(n) for n in self.layer_names
-        }
+        plan = _wrap_layers(self.model, weight_bits, act_bits, weight_range)
+        self.layer_names: list[str] = list(plan.layers)
+        self.layers: dict[str, QuantMixin] = {n: self.model.get_submodule(n) for n in self.layer_names}
+        self.aliases: dict[str, str] = plan.aliases  # other name of a layer -> its name
+        self.tied: dict[str, str] = plan.tied  # module sharing a layer's weight and quantizers -> the layer
+        self.skipped: dict[str, str] = plan.skipped  # weight-holding module left in float -> "Type: reason"
         self.act_bits = act_bits
         self._infos = {n: self._layer_info(n, m) for n, m in self.layers.items()}
         self.input_shape: tuple[int, ...] | None = None
@@ -121,7 +151,7 @@ class QuantModel(nn.Module):
     def _layer_info(name: str, m: nn.Module) -> LayerInfo:
         return LayerInfo(
             name=name,
-            kind="conv" if isinstance(m, QuantConv2d) else "linear",
+            kind=m.kind,
             params=m.weight.numel(),
             bias_params=0 if m.bias is None else m.bias.numel(),
             weight_shape=tuple(m.weight.shape),
@@ -261,6 +291,12 @@ class QuantModel(nn.Module):
             finally:
                 for q in quantizers:
                     q.observing = False
+        unseen = [n for n, q in zip(self.layer_names, quantizers, strict=True)
+                  if q.bits != FLOAT_BITS and not q.calibrated]
+        if unseen:
+            raise MixqError(f"{len(unseen)} layer(s) saw no calibration data, so their activation range is unknown: "
+                            f"{unseen[:8]}; the {x.shape[0]} samples never reach them (a data-dependent branch?). "
+                            "Calibrate with more or other samples that do, or keep activations in float (act_bits=32)")
 
     @contextlib.contextmanager
     def float_weights(self) -> Iterator[None]:

@@ -1,4 +1,5 @@
-"""Quantized layers: Conv2d / Linear subclasses that carry their quantizers as child modules.
+"""Quantized layers: subclasses of torch's Conv1d/2d/3d, ConvTranspose1d/2d/3d and Linear that carry
+their quantizers as child modules.
 
 ``print(model)`` shows each layer's weight and input bits. Weight quantization is cached per
 bit-width, so switching a layer between bit-widths is a dictionary lookup; the cache is invalidated
@@ -6,6 +7,8 @@ automatically when the float weight changes in place (e.g. by an optimizer step)
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,16 +33,18 @@ class WeightQuantizer(nn.Module):
 
     Attributes:
         bits: current bit-width (2..8, or 32 for float).
+        axis: the weight's output-channel axis (0; 1 for transposed convolutions).
         method: per-channel range method (``"minmax"``, ``"omse"``, ``"aciq"``; see
             :mod:`mixq.quant.ranges`).
         grids: bit-width -> frozen (scale ``(C,)``, int32 zero point ``(C,)``) overriding ``method``.
     """
 
-    def __init__(self, bits: int = FLOAT_BITS, method: str = "minmax") -> None:
+    def __init__(self, bits: int = FLOAT_BITS, method: str = "minmax", axis: int = 0) -> None:
         super().__init__()
         get_range_method(method)  # validates the name
         self.bits = bits
         self.method = method
+        self.axis = axis
         self.grids: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._cache: dict[int, torch.Tensor] = {}
         self._cache_key: tuple | None = None
@@ -56,7 +61,7 @@ class WeightQuantizer(nn.Module):
             The scale tensor ``(C,)`` (make it a leaf with ``requires_grad_`` to learn it).
         """
         bits = self.bits if bits is None else bits
-        lo, hi = get_range_method(method or self.method)(w.detach(), bits)
+        lo, hi = get_range_method(method or self.method)(w.detach(), bits, self.axis)
         scale, zp = asym_qparams(lo, hi, bits)
         self.grids[bits] = (scale, zp)
         self._cache.clear()
@@ -74,9 +79,9 @@ class WeightQuantizer(nn.Module):
     def _quantize(self, w: torch.Tensor) -> torch.Tensor:
         grid = self.grids.get(self.bits)
         if grid is None:
-            return quantize_weight_with(w, self.bits, self.method)
+            return quantize_weight_with(w, self.bits, self.method, self.axis)
         scale, zp = grid
-        return fake_quantize(w, torch.clamp(scale, min=1e-12), zp, self.bits, axis=0)
+        return fake_quantize(w, torch.clamp(scale, min=1e-12), zp, self.bits, axis=self.axis)
 
     def qparams(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The grid the current bit-width uses for ``w``: the frozen one, or the range method's.
@@ -92,7 +97,7 @@ class WeightQuantizer(nn.Module):
         grid = self.grids.get(self.bits)
         if grid is not None:
             return torch.clamp(grid[0].detach(), min=1e-12), grid[1]
-        lo, hi = get_range_method(self.method)(w.detach(), self.bits, 0)
+        lo, hi = get_range_method(self.method)(w.detach(), self.bits, self.axis)
         return asym_qparams(lo, hi, self.bits)
 
     @torch.no_grad()
@@ -100,14 +105,15 @@ class WeightQuantizer(nn.Module):
         """The integer codes of the quantized weight: ``forward(w) == (q - zp) * scale`` per channel.
 
         Args:
-            w: the float weight ``(C_out, ...)``.
+            w: the float weight (channels along ``axis``).
 
         Returns:
             ``(q, scale, zero_point)``: int32 codes in ``[0, 2^bits - 1]`` shaped like ``w``, float32 scale
-            ``(C_out,)`` and int32 zero point ``(C_out,)``.
+            ``(C,)`` and int32 zero point ``(C,)``.
         """
         scale, zp = self.qparams(w)
-        shape = (-1,) + (1,) * (w.dim() - 1)
+        shape = [1] * w.dim()
+        shape[self.axis] = -1
         qmax = (1 << self.bits) - 1
         q = torch.clamp(torch.round(w.detach() * torch.reciprocal(scale).reshape(shape)) + zp.reshape(shape).float(),
                         0, qmax)
@@ -141,7 +147,8 @@ class WeightQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         frozen = f", frozen grids for {sorted(self.grids)} bits" if self.grids else ""
-        return f"bits={self.bits}, per_channel=True, symmetric=False, range={self.method}{frozen}"
+        axis = f", axis={self.axis}" if self.axis else ""
+        return f"bits={self.bits}, per_channel=True{axis}, symmetric=False, range={self.method}{frozen}"
 
 
 class ActQuantizer(nn.Module):
@@ -219,17 +226,47 @@ class ActQuantizer(nn.Module):
         return f"bits={self.bits}, per_tensor=True, symmetric=False{rng}"
 
 
-class QuantMixin:
-    """Adds ``weight_quantizer`` and ``input_quantizer`` children to a Conv2d / Linear subclass."""
 
+
+class QuantMixin:
+    """Adds ``weight_quantizer`` and ``input_quantizer`` children to a torch weight layer.
+
+    Attributes:
+        float_class: the torch class this quantized class stands for (``nn.Conv2d``, ``nn.Linear``, ...).
+        kind: ``"conv"``, ``"conv_transpose"``, ``"linear"`` or ``"attention"``.
+        weight_axis: output-channel axis of the weight (per-channel quantization runs along it).
+    """
+
+    float_class: type[nn.Module] = nn.Module
+    kind: str = ""
+    weight_axis: int = 0
     weight: nn.Parameter
     bias: nn.Parameter | None
     weight_quantizer: WeightQuantizer
     input_quantizer: ActQuantizer
 
-    def _init_quantizers(self, weight_bits: int, act_bits: int, weight_range: str = "minmax") -> None:
-        self.weight_quantizer = WeightQuantizer(weight_bits, weight_range)
-        self.input_quantizer = ActQuantizer(act_bits)
+    @classmethod
+    def from_float(
+        cls, layer: nn.Module, weight_bits: int = FLOAT_BITS, act_bits: int = 8, weight_range: str = "minmax"
+    ) -> QuantMixin:
+        """Wrap a float layer: the quantized one shares its parameters, buffers, hooks and attributes.
+
+        Args:
+            layer: the float layer (an instance of ``float_class`` or of a subclass that keeps its forward).
+            weight_bits: initial weight bits.
+            act_bits: input bits.
+            weight_range: per-channel weight range method.
+
+        Returns:
+            The quantized layer.
+        """
+        q = cls.__new__(cls)
+        # a shallow copy of the module's state; its own dicts (parameters, children, hooks) are copied so
+        # adding the quantizer children leaves the float layer as it was
+        q.__dict__.update({k: (v.copy() if isinstance(v, dict) else v) for k, v in layer.__dict__.items()})
+        q.weight_quantizer = WeightQuantizer(weight_bits, weight_range, cls.weight_axis)
+        q.input_quantizer = ActQuantizer(act_bits)
+        return q
 
     def quantized_weight(self) -> torch.Tensor:
         """The weight as the layer currently uses it.
@@ -239,68 +276,107 @@ class QuantMixin:
         """
         return self.weight_quantizer(self.weight)
 
-
-class QuantConv2d(QuantMixin, nn.Conv2d):
-    """A Conv2d whose weight and input are fake-quantized."""
-
-    @classmethod
-    def from_float(
-        cls, conv: nn.Conv2d, weight_bits: int = FLOAT_BITS, act_bits: int = 8, weight_range: str = "minmax"
-    ) -> QuantConv2d:
-        """Wrap a float Conv2d (weights are shared, not copied).
+    def forward_with(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Run the layer on ``x`` with another weight, in float (no input quantizer).
 
         Args:
-            conv: the float layer.
-            weight_bits: initial weight bits.
-            act_bits: input bits.
-            weight_range: per-channel weight range method.
+            x: the layer input.
+            weight: replacement weight, shaped like ``self.weight``.
 
         Returns:
-            The quantized layer.
+            The layer output.
         """
-        q = cls.__new__(cls)
-        nn.Module.__init__(q)
-        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
-                     "transposed", "output_padding", "groups", "padding_mode"):
-            setattr(q, attr, getattr(conv, attr))
-        q._reversed_padding_repeated_twice = conv._reversed_padding_repeated_twice
-        q.weight = conv.weight
-        q.bias = conv.bias
-        q._init_quantizers(weight_bits, act_bits, weight_range)
-        return q
+        raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C_in, H, W) -> (N, C_out, H', W')
+    def to_float(self, weight: torch.Tensor) -> nn.Module:
+        """A plain ``float_class`` layer with this layer's settings and bias and the given weight.
+
+        Args:
+            weight: the weight it should hold (e.g. the fake-quantized one).
+
+        Returns:
+            The float layer, detached from this one.
+        """
+        plain = self.float_class.__new__(self.float_class)
+        state = {k: (v.copy() if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+        state["_modules"] = {k: m for k, m in state["_modules"].items()
+                             if not isinstance(m, (WeightQuantizer, ActQuantizer))}
+        state["_parameters"] = {k: (None if v is None else nn.Parameter(v.detach().clone(), requires_grad=False))
+                                for k, v in state["_parameters"].items()}
+        plain.__dict__.update(state)
+        plain.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        return plain
+
+
+class _QuantConvNd(QuantMixin):
+    """Convolution forward with quantized input and weight (Conv1d / Conv2d / Conv3d)."""
+
+    kind = "conv"
+    _conv_forward: Callable
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C_in, *spatial) -> (N, C_out, *spatial')
         return self._conv_forward(self.input_quantizer(x), self.quantized_weight(), self.bias)
+
+    def forward_with(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self._conv_forward(x, weight, self.bias)
+
+
+_TRANSPOSED: dict[int, Callable] = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+class _QuantConvTransposeNd(QuantMixin):
+    """Transposed convolution with quantized input and weight; the weight is ``(C_in, C_out / groups, *k)``, so
+    its output channels lie along axis 1 (with groups, each axis-1 slice holds that channel of every group)."""
+
+    kind = "conv_transpose"
+    weight_axis = 1
+    _output_padding: Callable
+
+    def forward_with(self, x: torch.Tensor, weight: torch.Tensor,  # noqa: D102
+                     output_size: list[int] | None = None) -> torch.Tensor:
+        if self.padding_mode != "zeros":
+            raise MixqError(f"{type(self).__name__} supports only padding_mode='zeros', got {self.padding_mode!r}")
+        n_spatial = weight.dim() - 2
+        pad = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, n_spatial,
+                                   self.dilation)
+        return _TRANSPOSED[n_spatial](x, weight, self.bias, self.stride, self.padding, pad, self.groups,
+                                      self.dilation)
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        return self.forward_with(self.input_quantizer(x), self.quantized_weight(), output_size)
+
+
+def _declare(mixin: type[QuantMixin], base: type[nn.Module]) -> type:
+    """The quantized class of a torch layer: ``mixin``'s forward over ``base``'s state."""
+    return type(f"Quant{base.__name__}", (mixin, base), {
+        "float_class": base, "__module__": __name__, "__qualname__": f"Quant{base.__name__}",
+        "__doc__": f"A {base.__name__} whose weight and input are fake-quantized."})
+
+
+QuantConv1d = _declare(_QuantConvNd, nn.Conv1d)
+QuantConv2d = _declare(_QuantConvNd, nn.Conv2d)
+QuantConv3d = _declare(_QuantConvNd, nn.Conv3d)
+QuantConvTranspose1d = _declare(_QuantConvTransposeNd, nn.ConvTranspose1d)
+QuantConvTranspose2d = _declare(_QuantConvTransposeNd, nn.ConvTranspose2d)
+QuantConvTranspose3d = _declare(_QuantConvTransposeNd, nn.ConvTranspose3d)
 
 
 class QuantLinear(QuantMixin, nn.Linear):
     """A Linear whose weight and input are fake-quantized."""
 
-    @classmethod
-    def from_float(
-        cls, linear: nn.Linear, weight_bits: int = FLOAT_BITS, act_bits: int = 8, weight_range: str = "minmax"
-    ) -> QuantLinear:
-        """Wrap a float Linear (weights are shared, not copied).
-
-        Args:
-            linear: the float layer.
-            weight_bits: initial weight bits.
-            act_bits: input bits.
-            weight_range: per-channel weight range method.
-
-        Returns:
-            The quantized layer.
-        """
-        q = cls.__new__(cls)
-        nn.Module.__init__(q)
-        q.in_features, q.out_features = linear.in_features, linear.out_features
-        q.weight = linear.weight
-        q.bias = linear.bias
-        q._init_quantizers(weight_bits, act_bits, weight_range)
-        return q
+    float_class = nn.Linear
+    kind = "linear"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, *, in) -> (N, *, out)
         return F.linear(self.input_quantizer(x), self.quantized_weight(), self.bias)
 
+    def forward_with(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return F.linear(x, weight, self.bias)
 
-QUANT_LAYER_TYPES = (QuantConv2d, QuantLinear)
+
+QUANT_CLASSES: tuple[type[QuantMixin], ...] = (
+    QuantConv1d, QuantConv2d, QuantConv3d, QuantConvTranspose1d, QuantConvTranspose2d, QuantConvTranspose3d,
+    QuantLinear,
+)
+QUANT_LAYER_TYPES = (QuantMixin,)
+
