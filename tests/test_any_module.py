@@ -386,7 +386,8 @@ def test_each_layer_really_runs_quantized(case):
     for name in qm.layer_names:
         layer = qm.layers[name]
         seen: list[torch.Tensor] = []
-        handle = layer.register_forward_hook(lambda m, i, o: seen.append((o[0] if isinstance(o, tuple) else o).clone()))
+        handle = layer.register_forward_hook(
+            lambda m, i, o, seen=seen: seen.append((o[0] if isinstance(o, tuple) else o).clone()))
         try:
             with torch.no_grad():
                 qm.set_bits(FLOAT_BITS)

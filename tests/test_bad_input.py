@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from bad_input_cases import CASES, error_lines, run_case, table_row
 from torch import nn
 
 from mixq.bits import Budget
@@ -123,3 +126,30 @@ def test_images_of_the_wrong_size_for_the_model(demo_only, tmp_path, capsys, mon
     monkeypatch.setattr(task_module, "calibration_set", small)
     assert main(["eval", "--bits", "4", "--no-progress"]) == 2
     assert "model 'resnet20-jpeg' expects 32x32 images, but the train images found are 8x8" in _one_error_line(capsys)
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_table() -> dict[str, str]:
+    text = README.read_text()
+    start, end = text.find("<!-- bad-input-table -->"), text.find("<!-- /bad-input-table -->")
+    assert 0 <= start < end, "README lost its bad-input table markers"
+    rows = [row for row in text[start:end].splitlines() if row.startswith("| ") and "`mixq" in row]
+    return {row.split(" | ")[0][2:]: row for row in rows}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.what for c in CASES])
+def test_bad_input_table(case, tmp_path):
+    """Each case: exit code 2, one error line, no traceback, and exactly the message README shows."""
+    code, stderr = run_case(case, tmp_path)
+    assert code == 2, stderr
+    assert len(error_lines(stderr)) == 1 and "Traceback" not in stderr, stderr
+    assert stderr.rstrip().splitlines()[-1] == error_lines(stderr)[0]
+    row = table_row(case, stderr)
+    assert _readme_table().get(case.what) == row, f"README row differs; it should be:\n{row}"
+
+
+def test_debug_shows_the_traceback(demo_only):
+    with pytest.raises(MixqError, match="out of range"):
+        main(["--debug", "eval", "--bits", "1", "--no-progress"])

@@ -1,6 +1,7 @@
 """The ``mixq`` command line: a thin layer that parses, calls the API, prints and writes artefacts.
 
-Every bad input ends with one ``mixq: error: ...`` line on stderr and exit code 2.
+Every bad input ends with one ``mixq: error: ...`` line on stderr and exit code 2; ``mixq --debug ...`` (or
+``MIXQ_DEBUG=1``) shows the traceback behind it instead.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mixed-precision post-training quantization for PyTorch models.",
         epilog=EPILOG_DATA,
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="on bad input, show the full traceback instead of one error line (also $MIXQ_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     for module in (eval_cmds, evoq_cmds, bench_cmds, proxies_cmds, allocate_cmds, emq_cmds, export_cmds):
@@ -59,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("default")
             return int(args.func(args) or 0)
     except MixqError as exc:
+        if args.debug or os.environ.get("MIXQ_DEBUG", "") not in ("", "0"):
+            raise
         print(f"mixq: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

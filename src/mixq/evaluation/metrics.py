@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from mixq.errors import MixqError
 from mixq.progress import progress_bar
 
 
@@ -60,6 +61,11 @@ def accuracy(
     """
     correct = seen = 0
     for x, y in progress_bar(batches, total=total, enabled=progress, desc=desc, leave=False):
-        correct += int((model(x).argmax(dim=1) == y).sum())
+        out = model(x)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != y.shape[0]:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise MixqError(f"the model returned {shape} for a batch of {y.shape[0]} images; a classifier must return "
+                            f"logits ({y.shape[0]}, classes)")
+        correct += int((out.argmax(dim=1) == y).sum())
         seen += int(y.numel())
     return 100.0 * correct / max(seen, 1)

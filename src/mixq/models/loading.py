@@ -46,6 +46,17 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _load_error(exc: Exception) -> str:
+    """One line for a failed ``torch.load``: torch's weights-only refusal is a page; keep its reason."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        reason = next((ln.strip() for ln in text.split("WeightsUnpickler error:", 1)[1].splitlines() if ln.strip()),
+                      "")
+        return f"not a checkpoint torch.load(weights_only=True) can read ({reason})"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first}"
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state_dict from a checkpoint file safely (``weights_only=True``, on the CPU).
 
@@ -67,7 +78,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling, zip and I/O errors all mean the same to the user
-        raise MixqError(f"cannot read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+        raise MixqError(f"cannot read checkpoint {str(path)!r}: {_load_error(exc)}") from exc
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj:
