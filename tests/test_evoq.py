@@ -122,7 +122,7 @@ def test_resume_from_checkpoint(setup, tmp_path):
     resumed = evoq_search(qm, x, ref, Budget(avg_bits=3), EvoQConfig(iterations=30, seed=1), table,
                           checkpoint=ck, progress=False)
     assert resumed.config == full.config and resumed.best_history == full.best_history
-    with pytest.raises(MixqError, match="different search"):
+    with pytest.raises(MixqError, match=r"other settings \(limit: "):
         evoq_search(qm, x, ref, Budget(avg_bits=3.5), EvoQConfig(iterations=30, seed=1), table,
                     checkpoint=ck, progress=False)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from mixq.errors import MixqError
+from mixq.fileio import atomic_write_json
 
 FLOAT_BITS = 32  # a bit-width of 32 means "leave in float"
 MIN_BITS = 2
@@ -140,12 +141,12 @@ class BitConfig:
         return cls.from_dict(data, source=f"bit configuration {str(p)!r}")
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the configuration as indented JSON.
+        """Write the configuration as indented JSON, atomically (a temporary file, then a rename).
 
         Args:
             path: output file.
         """
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_json(path, self.to_dict(), indent=2)
 
     # -- checks and views -------------------------------------------------------------------------
     def validate(self, layers: Iterable[str]) -> None:

@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +20,7 @@ from mixq.emq.proxy import proxy_stats_on, resolve_proxy
 from mixq.errors import MixqError
 from mixq.evaluation.task import Task
 from mixq.evoq.calibrate import CalibrationConfig, calibrate
+from mixq.fileio import atomic_write_json, locked
 from mixq.paths import output_folder
 from mixq.provenance import versions
 from mixq.proxies.base import stats_for
@@ -105,11 +106,23 @@ def run_allocation(
         act_bits: activation bits.
         calibrate_after: run feature calibration on the allocated model and report it too.
         progress: progress bars (shown on a terminal only).
-        out: output folder for ``config.json`` and ``result.json``.
+        out: output folder for ``config.json`` and ``result.json`` (locked for the run; files written atomically).
 
     Returns:
         The ``result.json`` dict.
+
+    Raises:
+        MixqError: bad input, or another run holding ``out``.
     """
+    out = output_folder(out)
+    with locked(out):
+        return _allocate_locked(task, proxy, budget, bit_choices, max_gbitops, proxy_batch, act_bits, calibrate_after,
+                                progress, out)
+
+
+def _allocate_locked(task: Task, proxy: str, budget: Budget, bit_choices: Sequence[int], max_gbitops: float | None,
+                     proxy_batch: int, act_bits: int, calibrate_after: bool, progress: bool, out: Path
+                     ) -> dict[str, Any]:
     qm = QuantModel(task.model, calib=task.calib, act_bits=act_bits)
     p, stats = proxy_stats_on(task, qm, proxy, proxy_batch, task.seed)
     cfg = _solve(qm, p.layer_costs(stats, bit_choices), budget, bit_choices, max_gbitops, tuple(task.calib.shape[1:]))
@@ -120,7 +133,6 @@ def run_allocation(
          "seed": task.seed, "n_test": len(task.test),
          "fp32_top1": task.top1(task.model, progress=progress, desc="fp32"),
          "quant_top1": task.top1(qm, progress=progress, desc="allocated")}
-    out = output_folder(out)
     if calibrate_after:
         calibrate(qm, task.calib, CalibrationConfig(seed=task.seed), progress=progress)
         r["calibrated_top1"] = task.top1(qm, progress=progress, desc="calibrated")
@@ -129,5 +141,5 @@ def run_allocation(
     r["act_bits"] = act_bits
     r["versions"] = versions()
     cfg.save(out / "config.json")
-    (out / "result.json").write_text(json.dumps(r, indent=1))
+    atomic_write_json(out / "result.json", r)
     return r

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from mixq.bench.store import MQBench, utc_now
 from mixq.errors import MixqError
 from mixq.evaluation.metrics import accuracy
 from mixq.evaluation.task import Task, load_task
+from mixq.fileio import locked
 from mixq.models import get_model_spec, sha256_file
 from mixq.progress import progress_bar
 from mixq.provenance import versions
@@ -130,6 +132,24 @@ def _check_resume(bench: MQBench, want: dict[str, Any]) -> None:
         )
 
 
+#: Seconds a writer waits for another process's short hold of a benchmark's lock (creation, one append).
+LOCK_TIMEOUT = 120.0
+
+
+def bench_lock(path: str | os.PathLike) -> AbstractContextManager[Path]:
+    """The lock writers of one benchmark file hold briefly (``FILE.lock``): to create or open it, to append.
+
+    Args:
+        path: the benchmark file (it need not exist yet).
+
+    Returns:
+        A context manager; it raises :class:`MixqError` when another process holds the lock for
+        :data:`LOCK_TIMEOUT` seconds.
+    """
+    return locked(path, what="benchmark file", timeout=LOCK_TIMEOUT,
+                  hint="another process writes it; try again when it is done")
+
+
 def build_benchmark(
     path: str | os.PathLike,
     model: str,
@@ -179,19 +199,20 @@ def build_benchmark(
     _check_arguments(n, seed, mode, samples, batch_size, n_test, shard)
     path = Path(path)
     want = _settings(model, n, seed, mode, samples, n_test, choices, pinned_bits)
-    existing = MQBench.open(path) if path.exists() else None
-    try:
-        if existing is not None:
-            _check_resume(existing, want)
-        task = load_task(model, samples=samples, seed=seed, data_root=data_root, model_root=model_root,
-                         n_test=n_test, checkpoint=checkpoint)
-        qm = QuantModel(task.model, calib=task.calib, act_bits=ACT_BITS, weight_range=WEIGHT_RANGE)
-        qm.to(memory_format=torch.channels_last)  # see _evaluate
-        sha, ckpt_name = checkpoint_sha256(model, model_root, checkpoint)
-        data = {"dataset": task.dataset, "split": getattr(task.test, "split", "test"), "n_test": n_test,
-                "n_images": len(task.test)}
-        session = {"started": utc_now(), "versions": versions()}
-        if existing is None:
+    with bench_lock(path):
+        if path.exists():  # refuse other settings before loading anything
+            with MQBench.open(path) as existing:
+                _check_resume(existing, want)
+    task = load_task(model, samples=samples, seed=seed, data_root=data_root, model_root=model_root,
+                     n_test=n_test, checkpoint=checkpoint)
+    qm = QuantModel(task.model, calib=task.calib, act_bits=ACT_BITS, weight_range=WEIGHT_RANGE)
+    qm.to(memory_format=torch.channels_last)  # see _evaluate
+    sha, ckpt_name = checkpoint_sha256(model, model_root, checkpoint)
+    data = {"dataset": task.dataset, "split": getattr(task.test, "split", "test"), "n_test": n_test,
+            "n_images": len(task.test)}
+    session = {"started": utc_now(), "versions": versions()}
+    with bench_lock(path):  # another shard may have created the file meanwhile: open it then
+        if not path.exists():
             meta = {
                 "model": model,
                 "checkpoint_sha256": sha,
@@ -209,13 +230,14 @@ def build_benchmark(
             }
             bench = MQBench.create(path, meta)
         else:
-            bench = existing
-            _check_same_model(bench, qm, sha, data)
-            bench.set_meta("sessions", list(bench.meta.get("sessions") or []) + [session])
-    except BaseException:
-        if existing is not None:
-            existing.close()
-        raise
+            bench = MQBench.open(path)
+            try:
+                _check_resume(bench, want)
+                _check_same_model(bench, qm, sha, data)
+                bench.set_meta("sessions", list(bench.meta.get("sessions") or []) + [session])
+            except BaseException:
+                bench.close()
+                raise
     try:
         configs = sample_configs(qm.layer_names, qm.layer_params, n, seed=seed, mode=mode, choices=choices,
                                  pinned_bits=pinned_bits)
@@ -261,11 +283,10 @@ def _label_pending(bench: MQBench, qm: QuantModel, task: Task, configs: list[tup
             t0 = time.perf_counter()
             top1 = _evaluate(qm, task, bits, batch_size)
             seconds = time.perf_counter() - t0
-            if bits in bench:  # another process labelled it while this one was evaluating
-                bar.update(1)
-                continue
-            bench.add(bits, top1, avg_bits=qm.avg_bits(dict(zip(qm.layer_names, bits, strict=True))),
-                      size_mb=qm.size_mb(dict(zip(qm.layer_names, bits, strict=True))), seconds=seconds)
+            config = dict(zip(qm.layer_names, bits, strict=True))
+            with bench_lock(bench.path):  # held for the check and the append only
+                if bits not in bench:  # another process may have labelled it while this one was evaluating
+                    bench.add(bits, top1, avg_bits=qm.avg_bits(config), size_mb=qm.size_mb(config), seconds=seconds)
             bar.update(1)
             bar.set_postfix(top1=f"{top1:.2f}")
     finally:

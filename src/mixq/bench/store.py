@@ -60,6 +60,7 @@ import numpy as np
 
 from mixq.bits import MB, VALID_BITS, BitConfig
 from mixq.errors import MixqError
+from mixq.fileio import atomic_path
 
 FORMAT = "mixq-mqbench"
 SCHEMA_VERSION = 1
@@ -170,8 +171,9 @@ class MQBench:
     def create(cls, path: str | os.PathLike, meta: Mapping[str, Any]) -> MQBench:
         """Create a new, empty benchmark file.
 
-        The file is written under a temporary name and renamed into place, so a crash never leaves a
-        half-created benchmark behind.
+        The file is written under a temporary name unique to this process and then linked into place only
+        if no file of that name appeared meanwhile, so a crash never leaves a half-created benchmark behind
+        and two processes creating one file never share a temporary name or replace each other's file.
 
         Args:
             path: file to create (must not exist).
@@ -195,23 +197,20 @@ class MQBench:
             encoded = {k: json.dumps(v, sort_keys=True) for k, v in meta.items()}
         except (TypeError, ValueError) as exc:
             raise MixqError(f"benchmark metadata for {str(path)!r} is not JSON-serialisable: {exc}") from None
-        tmp = path.with_name(path.name + ".creating")
         try:
-            if tmp.exists():
-                tmp.unlink()
-            conn = sqlite3.connect(tmp)
-            try:
-                with conn:
-                    conn.executescript(_SCHEMA)
-                    conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", sorted(encoded.items()))
-            finally:
-                conn.close()
-            os.replace(tmp, path)
+            with atomic_path(path, replace=False) as tmp:  # a temporary name unique to this process
+                conn = sqlite3.connect(tmp)
+                try:
+                    with conn:
+                        conn.executescript(_SCHEMA)
+                        conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", sorted(encoded.items()))
+                finally:
+                    conn.close()
+        except FileExistsError:
+            raise MixqError(f"benchmark file {str(path)!r} was created meanwhile by another process; open it "
+                            f"or pick another file") from None
         except (OSError, sqlite3.Error) as exc:
             raise MixqError(f"cannot create benchmark file {str(path)!r}: {exc}") from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return cls.open(path)
 
     @classmethod

@@ -11,6 +11,7 @@ from mixq.allocate.run import run_allocation
 from mixq.bits import VALID_BITS, BitConfig, Budget
 from mixq.errors import MixqError
 from mixq.evaluation.task import Task, load_task
+from mixq.fileio import locked
 from mixq.paths import output_folder
 
 EPILOG_DATA = (
@@ -131,10 +132,11 @@ def allocate_command(args: argparse.Namespace, calibrate_after: bool) -> int:
     budget = Budget(avg_bits=args.target_bits, size_mb=args.size_mb)
     label = "emq" if args.proxy.endswith(".json") else args.proxy
     out = output_folder(args.out or f"runs/allocate-{label}-{args.target_bits or args.size_mb}")
-    task = task_from_args(args)
-    r = run_allocation(task, args.proxy, budget, bit_choices=args.bit_choices, max_gbitops=args.max_gbitops,
-                       proxy_batch=args.proxy_batch, act_bits=args.act_bits, calibrate_after=calibrate_after,
-                       progress=not args.no_progress, out=out)
+    with locked(out):  # a busy --out fails before the model and data are loaded
+        task = task_from_args(args)
+        r = run_allocation(task, args.proxy, budget, bit_choices=args.bit_choices, max_gbitops=args.max_gbitops,
+                           proxy_batch=args.proxy_batch, act_bits=args.act_bits, calibrate_after=calibrate_after,
+                           progress=not args.no_progress, out=out)
     print(f"{task.name}, {args.proxy} + ILP: {r['avg_bits']:.3f} avg bits, {r['size_mb']:.4f} MB; "
           f"top-1 FP32 {r['fp32_top1']:.2f}, allocated {r['quant_top1']:.2f}"
           + (f", calibrated {r['calibrated_top1']:.2f}" if "calibrated_top1" in r else ""))

@@ -9,6 +9,8 @@ from mixq.emq.genotype import STRUCTURES
 from mixq.emq.inputs import SOURCES
 from mixq.emq.run import emq_search
 from mixq.emq.search import METRICS, EMQConfig
+from mixq.fileio import locked
+from mixq.paths import output_folder
 from mixq.reports.emq import comparison_table, write_emq_report
 
 
@@ -18,10 +20,11 @@ def cmd_emq_search(args: argparse.Namespace) -> int:
                        sources=tuple(args.sources),
                        metric=args.metric, train_fraction=args.train_fraction, seed=args.seed,
                        proxy_batch=args.proxy_batch, hessian_samples=args.hessian_samples)
-    r = emq_search(args.bench, args.out, config, data_root=args.data_root, model_root=args.model_root,
-                   baselines=False if args.no_baselines else (args.baselines or True), progress=not args.no_progress,
-                   stats_cache=args.stats_cache)
-    write_emq_report(args.out)
+    with locked(output_folder(args.out)):  # a bad or busy --out fails before any work; the report is covered too
+        r = emq_search(args.bench, args.out, config, data_root=args.data_root, model_root=args.model_root,
+                       baselines=False if args.no_baselines else (args.baselines or True),
+                       progress=not args.no_progress, stats_cache=args.stats_cache, overwrite=args.overwrite)
+        write_emq_report(args.out)
     s = r["screening"]
     print(f"best formula: {r['formula']}")
     print(f"train {config.metric} {r['train_fitness']:.3f}; {s['candidates']} candidates in "
@@ -56,9 +59,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Evolve a proxy formula (tree: two sources, two unary operations each, one binary operation, "
                     "a reduction, a bit-aware aggregation). Fitness is the rank correlation with top-1 on a "
                     "seeded training split of the benchmark; the report gives every metric on the held-out "
-                    "split beside every hand-crafted proxy. Rerunning with the same --out resumes.")
+                    "split beside every hand-crafted proxy. Rerunning with the same --out and settings resumes; "
+                    "other settings (or another benchmark) are refused unless --overwrite.")
     p.add_argument("--bench", required=True, help="benchmark file (mixq bench build)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard an earlier search's files in --out instead of resuming it")
     p.add_argument("--candidates", type=int, default=d.candidates, help="formulas to draw (default %(default)s)")
     p.add_argument("--population", type=int, default=d.population, help="population size (default %(default)s)")
     p.add_argument("--structures", nargs="+", choices=sorted(STRUCTURES), default=list(d.structures),

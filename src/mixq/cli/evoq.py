@@ -9,6 +9,7 @@ from mixq.cli.common import EPILOG_DATA, add_task_args, check_bits_arg, task_fro
 from mixq.evoq.bitsearch import EvoQConfig
 from mixq.evoq.calibrate import CalibrationConfig
 from mixq.evoq.pipeline import RunOptions, run_evoq
+from mixq.fileio import locked
 from mixq.paths import output_folder
 from mixq.reports.evoq import write_evoq_report
 
@@ -27,7 +28,12 @@ def cmd_evoq(args: argparse.Namespace) -> int:
         mutation=args.mutation, seed=args.seed,
     )
     out = args.out or f"runs/evoq-{args.model.replace(':', '_')}-{args.target_bits or args.size_mb}"
-    output_folder(out)  # a bad --out fails before the model and data are loaded
+    with locked(output_folder(out)):  # a bad or busy --out fails before the model and data are loaded
+        return _run(args, budget, config, out)
+
+
+def _run(args: argparse.Namespace, budget: Budget, config: EvoQConfig, out: str) -> int:
+    """Load the task, run EvoQ into the (locked) output folder, write the report, print the summary."""
     task = task_from_args(args)
     calibration = CalibrationConfig(
         epochs=args.calib_epochs, lr=args.calib_lr, alpha=args.calib_alpha, beta=args.calib_beta,
@@ -37,7 +43,7 @@ def cmd_evoq(args: argparse.Namespace) -> int:
     options = RunOptions(budget=budget, act_bits=args.act_bits, weight_range=args.weight_range,
                          calibrate=not args.no_calibrate, calibration=calibration,
                          evaluate_uniform=not args.no_uniform, progress=not args.no_progress)
-    r = run_evoq(task, options, config, out)
+    r = run_evoq(task, options, config, out, overwrite=args.overwrite)
     write_evoq_report(out)
     print(f"model      {r['model']}  ({r['n_test']} test images, {r['samples']} calibration samples, "
           f"seed {r['seed']})")
@@ -65,7 +71,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Search per-layer weight bit-widths under a budget by tournament evolution (fitness: "
                     "output MSE against the float model on --samples images), then calibrate the quantized "
                     "weights on the same images. Writes config.json, result.json, report.md and plots to "
-                    "--out; an interrupted search resumes from --out/search_state.json.",
+                    "--out; an interrupted run resumes from --out (sensitivity.json, search_state.json, "
+                    "checkpointed every generation) when rerun with the same settings; other settings are "
+                    "refused unless --overwrite.",
         epilog=EPILOG_DATA,
     )
     add_task_args(p)
@@ -100,4 +108,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="show the calibration images as they are (no random shifts/flips)")
     p.add_argument("--no-uniform", action="store_true", help="skip evaluating the uniform-bit baseline")
     p.add_argument("--out", help="output folder (default runs/evoq-MODEL-BUDGET)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard an earlier run's files in --out instead of resuming it")
     p.set_defaults(func=cmd_evoq)

@@ -31,6 +31,7 @@ import numpy as np
 from mixq.emq.inputs import BIT_DEPENDENT, LABELLED, SOURCES
 from mixq.emq.ops import AGGREGATE, BINARY, REDUCE, UNARY
 from mixq.errors import MixqError
+from mixq.fileio import atomic_write_json
 
 FORMAT = "mixq-emq-genotype"
 VERSION = 1
@@ -170,12 +171,12 @@ class Genotype:
             raise MixqError(f"{source}: {exc}") from None
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the JSON file.
+        """Write the JSON file atomically (a temporary file, then a rename).
 
         Args:
             path: destination.
         """
-        Path(path).write_text(json.dumps({**self.to_dict(), "formula": self.formula()}, indent=1) + "\n")
+        atomic_write_json(path, {**self.to_dict(), "formula": self.formula()})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Genotype:

@@ -5,14 +5,21 @@ fitness per iteration, screening counts), ``result.json`` (held-out metrics of t
 every registered hand-crafted proxy, settings, timings, library versions) and ``search_state.json`` (the
 checkpoint a rerun resumes from). :func:`mixq.reports.write_emq_report` draws ``report.md`` and
 ``fitness.png`` from them.
+
+The output folder is locked for the run and every file is written atomically. The checkpoint carries a
+signature: the benchmark (its path and a sha256 of its model, layers and labelled entries), the model's
+weights and the labelled images of the sources (sha256), the search settings and the baselines; a rerun
+with any of them changed is refused naming each, unless ``overwrite`` discards the old run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,9 +28,10 @@ import torch
 from mixq.bench import MQBench
 from mixq.emq.inputs import compute_inputs, source_summary
 from mixq.emq.proxy import FormulaProxy
-from mixq.emq.search import SCREEN_REASONS, EMQConfig, FormulaFitness, SearchState, run_search
+from mixq.emq.search import SCREEN_REASONS, EMQConfig, FormulaFitness, SearchState, load_state, run_search
 from mixq.errors import MixqError
 from mixq.evaluation.task import load_task
+from mixq.fileio import atomic_write_json, atomic_write_text, locked, remove_files
 from mixq.paths import output_folder
 from mixq.provenance import versions
 from mixq.proxies import get_proxy, list_proxies, stats_for
@@ -48,12 +56,34 @@ def screening_summary(state: SearchState) -> dict[str, Any]:
             "scored": state.candidates - screened, "by_reason": by}
 
 
+#: What a search writes into its output folder (``overwrite`` removes these, and only these).
+RUN_FILES = ("search_state.json", "config.json", "genotype.json", "formula.txt", "history.json", "result.json",
+             "report.md", "fitness.png")
+
+
+def bench_sha256(meta: dict[str, Any], entries: list[Any]) -> str:
+    """sha256 of what a benchmark says: its model, checkpoint, layers and every labelled entry.
+
+    Args:
+        meta: the benchmark's meta table.
+        entries: its entries (:class:`mixq.bench.Entry`).
+
+    Returns:
+        The hex digest (unchanged by build sessions; changed by any added or relabelled entry).
+    """
+    content = {"model": meta.get("model"), "checkpoint_sha256": meta.get("checkpoint_sha256"),
+               "layer_names": meta.get("layer_names"), "layer_params": meta.get("layer_params"),
+               "entries": [[e.idx, list(e.bits_tuple), e.top1] for e in sorted(entries, key=lambda e: e.idx)]}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
 @dataclass
 class _SearchData:
     """A benchmark split into training / held-out configurations, with the model's labelled samples."""
 
     model: str
     meta: dict[str, Any]
+    identity: dict[str, Any]  # the benchmark's and the task's content digests, for the resume signature
     qm: QuantModel
     x: torch.Tensor  # (N, C, H, W) normalised calibration images
     y: torch.Tensor  # (N,) their labels
@@ -78,6 +108,7 @@ def _load_search_data(
         train, held = bench.split(config.train_fraction, seed=config.seed)
         meta = bench.meta
         model = bench.model
+        digest = bench_sha256(meta, train + held)
     if len(train) < 3 or len(held) < 3:
         raise MixqError(f"benchmark {str(bench_path)!r} is too small to split: {len(train)} train / {len(held)} "
                         f"held-out configurations (need at least 3 each)")
@@ -86,8 +117,10 @@ def _load_search_data(
     qm = QuantModel(task.model, calib=task.calib)
     if list(meta["layer_names"]) != qm.layer_names:
         raise MixqError(f"benchmark {str(bench_path)!r} has other layers than model {model!r}")
+    task_id = {k: v for k, v in task.identity().items() if k not in ("n_test", "test_sha256")}
+    identity = {"bench": str(Path(bench_path).resolve()), "bench_sha256": digest, "task": task_id}
     return _SearchData(
-        model=model, meta=meta, qm=qm, x=task.calib, y=task.calib_set.labels,
+        model=model, meta=meta, identity=identity, qm=qm, x=task.calib, y=task.calib_set.labels,
         train_bits=np.array([e.bits_tuple for e in train]), train_acc=np.array([e.top1 for e in train]),
         held_bits=np.array([e.bits_tuple for e in held]), held_acc=np.array([e.top1 for e in held]),
     )
@@ -102,12 +135,14 @@ def emq_search(
     baselines: bool | list[str] = True,
     progress: bool = True,
     stats_cache: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Search a proxy formula on a benchmark's training split and report it on the held-out split.
 
     Args:
         bench_path: MQ benchmark file (``mixq bench build``).
-        out: output folder (created; a ``search_state.json`` there is resumed).
+        out: output folder (created and locked for the run; a ``search_state.json`` there of the same
+            settings is resumed, of other settings refused naming them).
         config: search settings (default :class:`EMQConfig`).
         data_root: data folder.
         model_root: checkpoint folder.
@@ -116,25 +151,42 @@ def emq_search(
         progress: progress bars.
         stats_cache: ``.npz`` file reusing / storing the hand-crafted proxies' statistics
             (:class:`mixq.proxies.cache.StatsCache`).
+        overwrite: discard an earlier run's files in ``out`` (:data:`RUN_FILES`) instead of resuming it.
 
     Returns:
         The result dict (also written to ``out/result.json``).
+
+    Raises:
+        MixqError: another run holds ``out``, or ``out`` holds a search of other settings (each named).
     """
     config = config or EMQConfig()
     out = output_folder(out)
+    with locked(out):
+        return _search_locked(bench_path, out, config, data_root, model_root, baselines, progress, stats_cache,
+                              overwrite)
+
+
+def _search_locked(bench_path: str | os.PathLike, out: Path, config: EMQConfig, data_root: str | os.PathLike | None,
+                   model_root: str | os.PathLike | None, baselines: bool | list[str], progress: bool,
+                   stats_cache: str | os.PathLike | None, overwrite: bool) -> dict[str, Any]:
     t_start = time.perf_counter()
     data = _load_search_data(bench_path, config, data_root, model_root)
+    if overwrite:
+        remove_files(out, list(RUN_FILES))
+    signature = {**data.identity, "baselines": baselines if isinstance(baselines, bool) else list(baselines)}
+    state_path = out / "search_state.json"
+    load_state(state_path, config, signature)  # refuse a stale checkpoint before any work
     qm, x, y = data.qm, data.x, data.y
     t0 = time.perf_counter()
     inputs = compute_inputs(qm, qm.layer_names, x, y, sources=config.sources,
                             hessian_samples=config.hessian_samples, seed=config.seed)
     inputs_seconds = time.perf_counter() - t0
     fitness = FormulaFitness(inputs, data.train_bits, data.train_acc, config.metric)
-    (out / "config.json").write_text(json.dumps({"bench": str(bench_path), **config.to_dict()}, indent=1))
-    state = run_search(config, fitness, out / "search_state.json", progress=progress)
+    atomic_write_json(out / "config.json", {"bench": str(bench_path), **config.to_dict()})
+    state = run_search(config, fitness, state_path, progress=progress, signature=signature)
     best, best_fit = state.best()
     best.save(out / "genotype.json")
-    (out / "formula.txt").write_text(best.formula() + "\n")
+    atomic_write_text(out / "formula.txt", best.formula() + "\n")
 
     evolved = FormulaProxy(best, hessian_samples=config.hessian_samples)
     st = stats_for(qm, evolved, x, y, seed=config.seed)
@@ -171,6 +223,7 @@ def emq_search(
         "proxy_batch": config.proxy_batch,
         "versions": versions(),
     }
-    (out / "history.json").write_text(json.dumps({"history": state.history, "screening": result["screening"]}))
-    (out / "result.json").write_text(json.dumps(result, indent=1))
+    atomic_write_json(out / "history.json", {"history": state.history, "screening": result["screening"]},
+                      indent=None)
+    atomic_write_json(out / "result.json", result)
     return result

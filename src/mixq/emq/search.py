@@ -49,6 +49,7 @@ from mixq.emq.genotype import STRUCTURES, Genotype, crossover, mutate, random_ge
 from mixq.emq.inputs import SOURCES, FormulaInputs
 from mixq.emq.interpret import FormulaError, check_shapes, gain_table, layer_values
 from mixq.errors import MixqError
+from mixq.fileio import atomic_write_json, check_signature
 from mixq.progress import progress_bar
 
 METRICS = ("kendall", "spearman")
@@ -352,6 +353,7 @@ def run_search(
     state_path: str | os.PathLike | None = None,
     progress: bool = True,
     on_checkpoint: Callable[[SearchState], None] | None = None,
+    signature: dict[str, Any] | None = None,
 ) -> SearchState:
     """Run (or resume) a search until the candidate budget is spent.
 
@@ -361,16 +363,15 @@ def run_search(
         state_path: checkpoint file; resumed from when it exists and was written with the same settings.
         progress: show a progress bar.
         on_checkpoint: called after each checkpoint.
+        signature: further settings the checkpoint must match (the benchmark and its content, the model).
 
     Returns:
         The final state.
 
     Raises:
-        MixqError: a checkpoint written with other settings, or a corrupt one.
+        MixqError: a checkpoint written with other settings (each named), or a corrupt one.
     """
-    state = None
-    if state_path is not None and Path(state_path).exists():
-        state = _load_state(Path(state_path), config)
+    state = load_state(state_path, config, signature)
     search = FormulaSearch(config, fitness, state)
     t0 = time.perf_counter() - search.state.seconds
     bar = progress_bar(total=config.candidates, initial=search.state.candidates, enabled=progress,
@@ -379,9 +380,8 @@ def run_search(
     def save() -> None:
         search.state.seconds = time.perf_counter() - t0
         if state_path is not None:
-            tmp = Path(f"{state_path}.tmp")
-            tmp.write_text(json.dumps({"config": config.to_dict(), "state": search.state.to_dict()}))
-            os.replace(tmp, state_path)
+            atomic_write_json(state_path, {"config": config.to_dict(), "signature": signature or {},
+                                           "state": search.state.to_dict()}, indent=None)
         if on_checkpoint is not None:
             on_checkpoint(search.state)
 
@@ -402,15 +402,38 @@ def run_search(
     return search.state
 
 
-def _load_state(path: Path, config: EMQConfig) -> SearchState:
+RESUME_HINT = "rerun with --overwrite (overwrite=True) to discard it, or use another --out"
+
+
+def _resumed_settings(config: dict[str, Any], signature: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint must match: the settings but the checkpoint interval, and the caller's signature."""
+    return {**signature, "config": {k: v for k, v in config.items() if k != "checkpoint_every"}}
+
+
+def load_state(path: str | os.PathLike | None, config: EMQConfig, signature: dict[str, Any] | None = None
+               ) -> SearchState | None:
+    """The search state saved at ``path`` when it was written with the same settings.
+
+    Args:
+        path: checkpoint file (None or absent: nothing to resume).
+        config: settings of this search.
+        signature: further settings the checkpoint must match.
+
+    Returns:
+        The state, or None.
+
+    Raises:
+        MixqError: a corrupt checkpoint, or one written with other settings (naming each, old and new value).
+    """
+    if path is None or not Path(path).exists():
+        return None
+    path = Path(path)
     try:
         data = json.loads(path.read_text())
-        saved = data["config"]
+        saved = _resumed_settings(data["config"], data.get("signature") or {})
         state = SearchState.from_dict(data["state"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise MixqError(f"search checkpoint {str(path)!r} is corrupt ({exc!r}); delete it to start over") from None
-    if saved != config.to_dict():
-        diffs = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in config.to_dict().items() if saved.get(k) != v]
-        raise MixqError(f"search checkpoint {str(path)!r} was written with other settings ({'; '.join(diffs)}); "
-                        f"use the same settings to resume, or another --out")
+    check_signature(saved, _resumed_settings(config.to_dict(), signature or {}), f"search checkpoint {str(path)!r}",
+                    RESUME_HINT)
     return state

@@ -9,8 +9,9 @@ every run the same way::
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +76,38 @@ class Task:
             raise MixqError(f"batch size must be a positive integer, got {batch_size!r}")
         n_batches = -(-len(self.test) // batch_size)
         return accuracy(model, self.test_batches(batch_size), total=n_batches, progress=progress, desc=desc)
+
+    def identity(self) -> dict[str, object]:
+        """What a result of this task depends on, for resume signatures.
+
+        Readable settings (model, dataset, number of samples, seed, number of test images) beside sha256
+        digests of the float model's ``state_dict``, the normalised calibration inputs and the test images,
+        so another checkpoint, data root or normalisation shows up even when every flag is the same.
+
+        Returns:
+            ``{"model", "model_sha256", "dataset", "samples", "seed", "calib_sha256", "n_test", "test_sha256"}``.
+        """
+        return {"model": self.name, "model_sha256": tensors_sha256(self.model.state_dict().items()),
+                "dataset": self.dataset, "samples": int(self.calib.shape[0]), "seed": self.seed,
+                "calib_sha256": tensors_sha256([("calib", self.calib)]), "n_test": len(self.test),
+                "test_sha256": tensors_sha256([("images", self.test.images), ("labels", self.test.labels)])}
+
+
+def tensors_sha256(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """sha256 of named tensors: each name, dtype, shape and raw bytes, in order.
+
+    Args:
+        named: ``(name, tensor)`` pairs (e.g. ``state_dict().items()``).
+
+    Returns:
+        The hex digest.
+    """
+    h = hashlib.sha256()
+    for name, t in named:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
 
 
 def _check_image_size(model: str, side: int, *sets: ImageSet) -> None:

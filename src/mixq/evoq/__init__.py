@@ -118,12 +118,14 @@ def run(
     calibrate_after: bool = True,
     evaluate_uniform: bool = True,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """The ``mixq evoq`` pipeline: sensitivity, search, feature calibration, evaluation, result files.
 
     Args:
         task: model, calibration samples and test split (:func:`mixq.load_task`).
-        out: output folder (an existing search checkpoint there resumes the search).
+        out: output folder, locked for the run (a sensitivity table and search checkpoint there of the same
+            settings are resumed; of other settings refused, naming them).
         target_bits: average weight bits budget (default 3.0 when no size is given).
         size_mb: weight size budget in MB.
         config: search settings (default :class:`EvoQConfig` with the task's seed).
@@ -133,6 +135,7 @@ def run(
         calibrate_after: run feature calibration after the search.
         evaluate_uniform: also evaluate uniform bits at floor(target).
         progress: progress bars (on a terminal only).
+        overwrite: discard an earlier run's files in ``out`` instead of resuming it.
 
     Returns:
         The ``result.json`` dict; :func:`mixq.reports.write_evoq_report` draws the report from ``out``.
@@ -143,4 +146,4 @@ def run(
                          weight_range=weight_range, calibrate=calibrate_after,
                          calibration=calibration or CalibrationConfig(seed=task.seed),
                          evaluate_uniform=evaluate_uniform, progress=progress)
-    return run_evoq(task, options, config or EvoQConfig(seed=task.seed), out)
+    return run_evoq(task, options, config or EvoQConfig(seed=task.seed), out, overwrite=overwrite)

@@ -18,6 +18,7 @@ repairs by lowering randomly chosen layers (chosen with probability proportional
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from mixq.errors import MixqError
 from mixq.evaluation.metrics import output_mse
 from mixq.evoq.evolution import EvolutionConfig, EvolutionState, Genome, TournamentEvolution
 from mixq.evoq.sensitivity import SensitivityTable
+from mixq.fileio import atomic_write_text, check_signature
 from mixq.progress import progress_bar
 from mixq.quant.model import QuantModel
 
@@ -275,38 +277,108 @@ class FitnessEvaluator:
         return output_mse(self.qm(self.x), self.reference)
 
 
-class _SearchCheckpoint:
-    """The JSON file a search saves its state to and resumes from, tied to the search by a signature."""
+RESUME_HINT = "rerun with --overwrite (overwrite=True) to discard it, or use another output folder"
 
-    def __init__(self, path: str | os.PathLike | None, signature: dict) -> None:
+
+class _SearchCheckpoint:
+    """The JSON file a search saves its state to and resumes from, tied to the search by a signature.
+
+    Args:
+        path: the file (None: no checkpoint).
+        signature: every setting the search's result depends on, except the number of iterations.
+        iterations: iterations asked for; a checkpoint may be extended, never cut short.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, signature: dict, iterations: int) -> None:
         self.path = Path(path) if path is not None else None
-        self.signature = signature
+        self.signature = json.loads(json.dumps(signature))
+        self.iterations = iterations
+        self._encoder: _StateEncoder | None = None
 
     def load(self) -> tuple[EvolutionState | None, float]:
-        """The saved state and seconds already spent, or ``(None, 0.0)`` when there is no checkpoint."""
+        """The saved state and seconds already spent, or ``(None, 0.0)`` when there is no checkpoint.
+
+        Raises:
+            MixqError: an unreadable checkpoint, one made with other settings (naming each), one that
+                already ran more iterations than asked for, or a malformed state.
+        """
         if self.path is None or not self.path.exists():
             return None, 0.0
+        name = str(self.path)
         try:
             saved = json.loads(self.path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise MixqError(f"search checkpoint {str(self.path)!r} is unreadable: {exc}") from None
-        if saved.get("signature") != json.loads(json.dumps(self.signature)):
-            raise MixqError(f"search checkpoint {str(self.path)!r} belongs to a different search; remove it or "
-                            f"use another output folder")
+            raise MixqError(f"search checkpoint {name!r} is unreadable: {exc}; {RESUME_HINT}") from None
+        signature = saved.get("signature") if isinstance(saved, dict) else None
+        check_signature(signature if isinstance(signature, dict) else {}, self.signature,
+                        f"search checkpoint {name!r}", RESUME_HINT)
         try:
-            return EvolutionState.from_dict(saved["state"]), float(saved.get("seconds", 0.0))
+            state, seconds = EvolutionState.from_dict(saved["state"]), float(saved.get("seconds", 0.0))
         except (KeyError, TypeError, ValueError) as exc:
-            raise MixqError(f"search checkpoint {str(self.path)!r} matches this search but its state is malformed "
+            raise MixqError(f"search checkpoint {name!r} matches this search but its state is malformed "
                             f"({type(exc).__name__}: {exc}); remove it to start the search again") from None
+        if state.iteration > self.iterations:
+            raise MixqError(f"search checkpoint {name!r} was made with other settings (iterations: it has already "
+                            f"run {state.iteration}, more than the {self.iterations} asked for; a shorter search "
+                            f"ends elsewhere); {RESUME_HINT}")
+        return state, seconds
 
     def save(self, search: TournamentEvolution, seconds: float) -> None:
-        """Write the search state atomically (temporary file, then rename)."""
+        """Write the search state atomically (a unique temporary file, then a rename)."""
         if self.path is None:
             return
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"signature": self.signature, "state": search.state.to_dict(),
-                                   "seconds": seconds}))
-        os.replace(tmp, self.path)
+        if self._encoder is None:
+            self._encoder = _StateEncoder()
+        state = self._encoder.encode(search.state)
+        atomic_write_text(self.path, f'{{"signature": {json.dumps(self.signature)}, "state": {state}, '
+                                     f'"seconds": {json.dumps(seconds)}}}', durable=False)  # every generation
+
+
+class _StateEncoder:
+    """``json.dumps(state.to_dict())`` for a state whose cache and histories only grow, each entry encoded once.
+
+    A search saves its state after every generation; encoding the whole cache each time would cost time
+    growing with the search (3 ms per save after 1000 generations of ResNet-20), this costs the new entries.
+    """
+
+    GROWING = ("cache", "best_history", "mean_history")
+
+    def __init__(self) -> None:
+        self._parts: dict[str, list[str]] = {k: [] for k in self.GROWING}
+
+    def encode(self, state: EvolutionState) -> str:
+        """The state's JSON text (parsed, equal to ``state.to_dict()``)."""
+        items = {"cache": state.cache.items(), "best_history": state.best_history, "mean_history": state.mean_history}
+        for key, values in items.items():
+            parts = self._parts[key]
+            if len(values) < len(parts):  # another state: start again
+                parts.clear()
+            new = itertools.islice(values, len(parts), None)
+            if key == "cache":
+                parts.extend(json.dumps([list(g), f]) for g, f in new)
+            else:
+                parts.extend(json.dumps(v) for v in new)
+        rest = {"population": [[list(g), f] for g, f in state.population], "iteration": state.iteration,
+                "evaluations": state.evaluations, "rng_state": state.rng_state}  # the rest of to_dict()
+        fixed = ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in rest.items())
+        growing = ", ".join(f'"{k}": [{", ".join(self._parts[k])}]' for k in self.GROWING)
+        return f"{{{fixed}, {growing}}}"
+
+
+def search_signature(layers: list[str], limit: float, config: EvoQConfig, extra: dict | None = None) -> dict:
+    """What a search checkpoint must match to be resumed: layers, bit-param limit, settings but iterations.
+
+    Args:
+        layers: the quantized layers, in genome order.
+        limit: the budget as a bound on sum(params x bits).
+        config: search settings (``iterations`` is left out: a finished search may be extended).
+        extra: further settings the caller's result depends on (e.g. the run's task and quantizer).
+
+    Returns:
+        The signature (JSON-serialisable).
+    """
+    settings = {k: v for k, v in asdict(config).items() if k != "iterations"}
+    return {**(extra or {}), "layers": list(layers), "settings": settings, "limit": limit}
 
 
 def evoq_search(
@@ -317,8 +389,9 @@ def evoq_search(
     config: EvoQConfig = EvoQConfig(),
     sensitivity: SensitivityTable | None = None,
     checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 50,
+    checkpoint_every: int = 1,
     progress: bool = True,
+    signature: dict | None = None,
 ) -> EvoQResult:
     """Run EvoQ's tournament search (Alg. 1).
 
@@ -330,9 +403,11 @@ def evoq_search(
         config: search settings.
         sensitivity: per-layer table (required for guided mutation).
         checkpoint: JSON file to save the search state to every ``checkpoint_every`` iterations; if it
-            exists and matches this search, the search resumes from it.
-        checkpoint_every: iterations between checkpoints.
+            exists and matches this search, the search resumes from it (a checkpoint of fewer iterations
+            is extended; one of other settings, or of more iterations, is refused naming the settings).
+        checkpoint_every: iterations (generations: each one tournament and one child) between checkpoints.
         progress: show a progress bar with the best fitness.
+        signature: further settings the checkpoint must match (the pipeline's task, quantizer and budget).
 
     Returns:
         The :class:`EvoQResult`.
@@ -341,8 +416,8 @@ def evoq_search(
     target = budget.max_bit_params(qm.total_params) / qm.total_params
     evaluate = FitnessEvaluator(qm, x, reference)
     # a checkpoint resumes the same search; more iterations may be asked for (extends the run)
-    settings = {k: v for k, v in asdict(config).items() if k != "iterations"}
-    ckpt = _SearchCheckpoint(checkpoint, {"layers": qm.layer_names, "settings": settings, "limit": space.limit})
+    ckpt = _SearchCheckpoint(checkpoint, search_signature(qm.layer_names, space.limit, config, signature),
+                             config.iterations)
     state, elapsed = ckpt.load()
     save = ckpt.save
 

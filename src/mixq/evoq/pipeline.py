@@ -6,6 +6,13 @@ Files in the output folder: ``config.json`` (the BitConfig), ``result.json``, ``
 folded weights and learned weight grids, a plain tensor dict for ``torch.load(weights_only=True)``).
 :func:`mixq.reports.write_evoq_report` draws ``report.md``, ``fitness.png``, ``bits.png`` and
 ``sensitivity.png`` from them.
+
+Interrupted and repeated runs: the output folder is locked for the run (a second run into it stops at
+once with one error); every file is written atomically; the search checkpoints every generation. A
+rerun resumes the sensitivity table and the search only when they were made with the same settings:
+both files carry a signature (the task's model, checkpoint, calibration and test images as sha256
+digests, samples, seed, activation bits, weight range, budget, search and calibration settings); any
+difference is refused naming each setting, old and new value, unless ``overwrite`` discards the old run.
 """
 
 from __future__ import annotations
@@ -16,16 +23,16 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from mixq.bits import Budget
 from mixq.errors import MixqError
 from mixq.evaluation.metrics import predict
 from mixq.evaluation.task import Task
-from mixq.evoq.bitsearch import EvoQConfig, EvoQResult, evoq_search
+from mixq.evoq.bitsearch import RESUME_HINT, EvoQConfig, EvoQResult, _SearchCheckpoint, evoq_search, search_signature
 from mixq.evoq.calibrate import CalibrationConfig, calibrate
 from mixq.evoq.sensitivity import SensitivityTable, compute_sensitivity
+from mixq.fileio import atomic_write_json, check_signature, locked, remove_files
 from mixq.paths import output_folder
 from mixq.provenance import versions
 from mixq.quant.model import QuantModel, save_calibrated
@@ -54,17 +61,55 @@ class RunOptions:
     progress: bool = True
 
 
-def _sensitivity(qm: QuantModel, x: torch.Tensor, out: Path, progress: bool) -> SensitivityTable:
-    path = out / "sensitivity.json"
-    if path.exists():
-        try:
-            table = SensitivityTable.from_dict(json.loads(path.read_text()), source=str(path))
-            if list(table.layers) == qm.layer_names:
-                return table
-        except (json.JSONDecodeError, MixqError):
-            pass  # recompute a stale or damaged cache
-    table = compute_sensitivity(qm, x, progress=progress)
-    table.save(out)
+#: What a run writes into its output folder (``overwrite`` removes these, and only these).
+RUN_FILES = ("search_state.json", "sensitivity.json", "sensitivity.csv", "config.json", "result.json",
+             "calibrated.pt", "report.md", "fitness.png", "bits.png", "sensitivity.png", "model.onnx",
+             "model.onnx.json", "model.pt", "model.pt.json")
+SENSITIVITY_BITS = (2, 3, 4, 5, 6, 7, 8)
+
+
+def run_signature(task: Task, options: RunOptions) -> dict[str, Any]:
+    """Every setting of a run beside the search settings that its result depends on.
+
+    Args:
+        task: the task (its :meth:`~mixq.evaluation.task.Task.identity`: model, data and their digests).
+        options: budget, quantizer and run options.
+
+    Returns:
+        The signature (JSON-serialisable).
+    """
+    return {"task": task.identity(), "act_bits": options.act_bits, "weight_range": options.weight_range,
+            "budget": {"avg_bits": options.budget.avg_bits, "size_mb": options.budget.size_mb},
+            "calibrate": options.calibrate, "calibration": asdict(options.calibration) if options.calibrate else None,
+            "evaluate_uniform": options.evaluate_uniform}
+
+
+def sensitivity_signature(run: dict[str, Any], layers: list[str]) -> dict[str, Any]:
+    """The part of a run signature the sensitivity table depends on (not the test split, budget or search).
+
+    Args:
+        run: :func:`run_signature`'s dict.
+        layers: the quantized layers.
+
+    Returns:
+        The table's signature.
+    """
+    task = {k: v for k, v in run["task"].items() if k not in ("n_test", "test_sha256")}
+    return {"task": task, "act_bits": run["act_bits"], "weight_range": run["weight_range"],
+            "bits": list(SENSITIVITY_BITS), "layers": list(layers)}
+
+
+def _cached_sensitivity(path: Path, signature: dict[str, Any]) -> SensitivityTable | None:
+    """The table saved at ``path`` when it was measured with ``signature``; None when there is none (or it is
+    damaged); a table of other settings is refused."""
+    try:
+        data = json.loads(path.read_text())
+        table = SensitivityTable.from_dict(data, source=str(path))
+    except (OSError, json.JSONDecodeError, MixqError):
+        return None  # absent or damaged: measured again
+    saved = data.get("signature") if isinstance(data, dict) else None
+    check_signature(saved if isinstance(saved, dict) else {}, signature, f"sensitivity table {str(path)!r}",
+                    RESUME_HINT)
     return table
 
 
@@ -111,27 +156,49 @@ def _calibrate_and_save(qm: QuantModel, task: Task, options: RunOptions, out: Pa
     return part
 
 
-def run_evoq(task: Task, options: RunOptions, config: EvoQConfig, out: str | os.PathLike) -> dict:
+def run_evoq(task: Task, options: RunOptions, config: EvoQConfig, out: str | os.PathLike,
+             overwrite: bool = False) -> dict:
     """Run EvoQ end to end on a task and write every artefact.
 
     Args:
         task: model, calibration samples and test split.
         options: budget, quantizer and run options.
         config: search settings.
-        out: output folder (created; an existing ``search_state.json`` there resumes the search).
+        out: output folder (created and locked for the run; a sensitivity table and search checkpoint there
+            of the same settings are resumed, of other settings refused).
+        overwrite: discard the files of an earlier run in ``out`` (:data:`RUN_FILES`) instead of resuming.
 
     Returns:
         The ``result.json`` dict.
+
+    Raises:
+        MixqError: another run holds ``out``, or ``out`` holds a run of other settings (each named).
     """
     out = output_folder(out)
+    with locked(out):
+        return _run_locked(task, options, config, out, overwrite)
+
+
+def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, overwrite: bool) -> dict:
     t_start = time.perf_counter()
     qm = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits, weight_range=options.weight_range)
     check_feasible(qm, options.budget, config.min_bits)
+    if overwrite:
+        remove_files(out, list(RUN_FILES))
+    signature = run_signature(task, options)
+    limit = options.budget.max_bit_params(qm.total_params)
+    # refuse a stale checkpoint or table before any work
+    _SearchCheckpoint(out / "search_state.json", search_signature(qm.layer_names, limit, config, signature),
+                      config.iterations).load()
+    table_signature = sensitivity_signature(signature, qm.layer_names)
+    table = _cached_sensitivity(out / "sensitivity.json", table_signature)
     reference = predict(task.model, task.calib)  # float logits (N, K)
-    table = _sensitivity(qm, task.calib, out, options.progress)
+    if table is None:
+        table = compute_sensitivity(qm, task.calib, bits=SENSITIVITY_BITS, progress=options.progress)
+        table.save(out, signature=table_signature)
     result: EvoQResult = evoq_search(
         qm, task.calib, reference, options.budget, config, sensitivity=table,
-        checkpoint=out / "search_state.json", progress=options.progress,
+        checkpoint=out / "search_state.json", progress=options.progress, signature=signature,
     )
     result.config.save(out / "config.json")
     fp32 = task.top1(task.model, progress=options.progress, desc="fp32")
@@ -181,5 +248,5 @@ def run_evoq(task: Task, options: RunOptions, config: EvoQConfig, out: str | os.
     else:
         record["quant_top1"] = search_top1
     record["total_seconds"] = time.perf_counter() - t_start
-    (out / "result.json").write_text(json.dumps(record, indent=1))
+    atomic_write_json(out / "result.json", record)
     return record

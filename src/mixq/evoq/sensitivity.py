@@ -9,7 +9,7 @@ error of layer ``j`` (with 8-bit activations the activation error is common to e
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ import torch
 
 from mixq.errors import MixqError
 from mixq.evaluation.metrics import output_mse, predict
+from mixq.fileio import atomic_write_json, atomic_write_text
 from mixq.progress import progress_bar
 from mixq.quant.model import QuantModel
 from mixq.quant.primitives import FLOAT_BITS
@@ -82,20 +83,24 @@ class SensitivityTable:
         except (KeyError, TypeError, ValueError) as exc:
             raise MixqError(f"{source} is not a mixq sensitivity table: {exc}") from None
 
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write ``sensitivity.json`` and ``sensitivity.csv`` (one row per layer) into a folder.
+    def save(self, directory: str | os.PathLike, signature: dict | None = None) -> None:
+        """Write ``sensitivity.json`` and ``sensitivity.csv`` (one row per layer) into a folder, atomically.
 
         Args:
             directory: output folder (created if missing).
+            signature: the settings the table was measured with (stored under ``"signature"`` in the JSON
+                file; a cache is reused only by a run with the same signature).
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "sensitivity.json").write_text(json.dumps(self.to_dict(), indent=1))
-        with open(d / "sensitivity.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["layer", "params", *[f"mse_w{b}" for b in self.bits]])
-            for n, p, row in zip(self.layers, self.params, self.mse):
-                w.writerow([n, p, *[f"{v:.6g}" for v in row]])
+        rows = io.StringIO(newline="")
+        w = csv.writer(rows)
+        w.writerow(["layer", "params", *[f"mse_w{b}" for b in self.bits]])
+        for n, p, row in zip(self.layers, self.params, self.mse):
+            w.writerow([n, p, *[f"{v:.6g}" for v in row]])
+        atomic_write_text(d / "sensitivity.csv", rows.getvalue())
+        data = self.to_dict() if signature is None else {"signature": signature, **self.to_dict()}
+        atomic_write_json(d / "sensitivity.json", data)
 
 
 @torch.no_grad()

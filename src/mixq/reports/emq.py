@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from mixq.errors import MixqError
+from mixq.fileio import atomic_write_text
 from mixq.reports.plots import pyplot
 
 
@@ -89,7 +90,7 @@ def write_report(result: dict[str, Any], path: str | os.PathLike) -> None:
         "![fitness](fitness.png)",
         "",
     ]
-    Path(path).write_text("\n".join(text))
+    atomic_write_text(path, "\n".join(text))
 
 
 def write_emq_report(out: str | os.PathLike) -> list[Path]:

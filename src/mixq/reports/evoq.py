@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mixq.errors import MixqError
 from mixq.evoq.sensitivity import SensitivityTable
+from mixq.fileio import atomic_write_text
 from mixq.reports.plots import plot_bits, plot_fitness, plot_sensitivity
 from mixq.reports.tables import markdown_table
 
@@ -61,7 +62,7 @@ def evoq_report(result: dict, path: str | os.PathLike) -> None:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),
         "",
     ]
-    Path(path).write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
 
 
 def write_evoq_report(out: str | os.PathLike) -> list[Path]:
