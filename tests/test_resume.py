@@ -23,7 +23,7 @@ import torch
 from mixq.bench.store import MQBench
 from mixq.cli import main
 from mixq.errors import MixqError
-from mixq.fileio import atomic_path, atomic_write_json, check_signature, locked
+from mixq.fileio import atomic_path, atomic_write_json, check_signature, lock_file_of, locked
 
 NET = '''
 import os
@@ -304,6 +304,7 @@ def test_lock_is_exclusive_reentrant_and_names_the_folder(tmp_path):
         assert lock_file == tmp_path / ".mixq.lock"
     with locked(tmp_path, timeout=0.05):  # released
         pass
+    assert lock_file_of(tmp_path / "b.sqlite") == tmp_path / ".b.sqlite.mixq.lock"  # a file's lock: beside it
     with pytest.raises(MixqError, match="does not exist"):
         with locked(tmp_path / "no" / "file.sqlite", what="benchmark file"):
             pass

@@ -5,7 +5,7 @@
   killed run never leaves half a file and two processes never share a temporary name.
 * :func:`locked` holds an exclusive lock (the ``filelock`` package; the kernel releases it when a
   process dies, even by ``kill -9``) on an output folder (lock file ``FOLDER/.mixq.lock``) or a
-  file (``FILE.lock`` beside it). Locks are re-entrant inside one process, so a command may lock its
+  file (``.FILE.mixq.lock`` beside it). Locks are re-entrant inside one process, so a command may lock its
   output folder before loading and the library call it makes may lock it again.
 * :func:`check_signature` compares the settings a saved state was made with against the ones asked for
   now and refuses a mismatch with one message naming each differing setting, old and new value.
@@ -116,7 +116,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1)
 
 
 def lock_file_of(path: str | os.PathLike) -> Path:
-    """The lock file that guards a folder (``FOLDER/.mixq.lock``) or a file (``FILE.lock``).
+    """The lock file that guards a folder (``FOLDER/.mixq.lock``) or a file (``.FILE.mixq.lock`` beside it).
 
     Args:
         path: an existing folder, or a file (which need not exist yet).
@@ -125,7 +125,7 @@ def lock_file_of(path: str | os.PathLike) -> Path:
         The lock file's path.
     """
     p = Path(path)
-    return p / FOLDER_LOCK if p.is_dir() else p.with_name(p.name + ".lock")
+    return p / FOLDER_LOCK if p.is_dir() else p.with_name(f".{p.name}{FOLDER_LOCK}")
 
 
 @contextmanager

@@ -137,7 +137,7 @@ LOCK_TIMEOUT = 120.0
 
 
 def bench_lock(path: str | os.PathLike) -> AbstractContextManager[Path]:
-    """The lock writers of one benchmark file hold briefly (``FILE.lock``): to create or open it, to append.
+    """The lock writers of one benchmark file hold briefly (``.FILE.mixq.lock``): to create or open it, to append.
 
     Args:
         path: the benchmark file (it need not exist yet).
