@@ -491,3 +491,36 @@ def test_conv_transpose_quantizes_per_output_channel():
     w = up.quantized_weight()
     for c in range(w.shape[1]):  # each output channel slice holds at most 2^3 levels
         assert torch.unique(w[:, c]).numel() <= 8
+
+
+EXPORTABLE = ["concat", "hand_attention", "mlp_mixer", "grouped_dilated_depthwise", "conv1d", "conv3d", "conv_transpose2d", "conv_transpose1d",
+              "weight_reuse", "tied_convs", "tied_linears", "aliased"]
+
+
+@pytest.mark.parametrize("case", EXPORTABLE)
+def test_onnx_export_runs_in_onnxruntime_like_mixq(case, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the export extra is not installed")
+    from mixq.export.qdq import export_onnx
+    from mixq.export.verify import open_session
+
+    model, x = _build(case)
+    qm, _ = _quant_model(model, x)
+    qm.set_bits({n: (3 if i % 2 else 4) for i, n in enumerate(qm.layer_names)})
+    report = export_onnx(qm, tmp_path / "m.onnx", x.shape[1:], opset=21)
+    assert sorted(r.name for r in report.layers) == sorted(qm.layer_names)  # one integer weight per tensor
+    session, _ = open_session(tmp_path / "m.onnx", optimized=False)
+    xb = x[:4] if case != "conv_transpose1d" else x[:4]
+    got = session.run(None, {session.get_inputs()[0].name: xb.numpy()})[0]
+    with torch.no_grad():
+        want = qm(xb).numpy()
+    scale = float(abs(want).max())
+    assert abs(got - want).max() <= 1e-3 * scale + 1e-5, abs(got - want).max()
+
+
+def test_onnx_export_of_attention_is_refused_by_name(tmp_path):
+    from mixq.export.qdq import export_onnx
+
+    model, x = _build("multihead_attention")
+    qm, _ = _quant_model(model, x)
+    with pytest.raises(MixqError, match="layer 'attn'"):
+        export_onnx(qm, tmp_path / "m.onnx", x.shape[1:], opset=21)

@@ -250,6 +250,26 @@ def _consumers(graph, tensor: str) -> list:
     return [n for n in graph.node if tensor in n.input]
 
 
+def _weight_users(graph, name: str) -> list[tuple]:
+    """``(operator, index of its data input)`` for every Conv / ConvTranspose / Gemm / MatMul that uses layer
+    ``name``'s weight, directly or through a Transpose (how the exporter writes shared or 3-D Linear weights)."""
+    w = f"{name}.weight"
+    users = []
+    for op in _consumers(graph, w):
+        if op.op_type == "Transpose":
+            users += [(o, _data_index(o, op.output[0], name)) for o in _consumers(graph, op.output[0])]
+        else:
+            users.append((op, _data_index(op, w, name)))
+    return users
+
+
+def _data_index(op, weight: str, name: str) -> int:
+    if op.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or list(op.input[:2]).count(weight) != 1:
+        raise MixqError(f"layer {name!r}: the exported graph feeds its weight to a {op.op_type} node; mixq writes "
+                        "activation QDQ for Conv, ConvTranspose, Gemm and MatMul only")
+    return 1 - list(op.input[:2]).index(weight)
+
+
 def _weight_qdq(graph, name: str, m: QuantMixin, ctype: str, bits: int) -> int:
     """Swap the float weight initializer of layer ``name`` for integers + a per-channel DequantizeLinear."""
     import ml_dtypes
@@ -294,13 +314,10 @@ def _act_qdq(graph, name: str, m: QuantMixin, bits: int) -> None:
         lo, hi = f"{name}.input_qmin", f"{name}.input_qmax"
         graph.initializer.extend([helper.make_tensor(lo, TensorProto.UINT8, [], [0]),
                                   helper.make_tensor(hi, TensorProto.UINT8, [], [(1 << bits) - 1])])
-    for k, op in enumerate(_consumers(graph, f"{name}.weight")):
+    for k, (op, data) in enumerate(_weight_users(graph, name)):
         tag = name if k == 0 else f"{name}.call{k}"
         q_out, dq_out = f"{tag}.input_quantized", f"{tag}.input_dequantized"
-        if op.op_type not in ("Conv", "ConvTranspose", "Gemm") or op.input[0] == f"{name}.weight":
-            raise MixqError(f"layer {name!r}: the exported graph feeds its weight to a {op.op_type} node; mixq writes "
-                            "activation QDQ only for Conv, ConvTranspose and Gemm (2-D Linear inputs)")
-        nodes = [helper.make_node("QuantizeLinear", [op.input[0], s_name, z_name], [q_out],
+        nodes = [helper.make_node("QuantizeLinear", [op.input[data], s_name, z_name], [q_out],
                                   name=f"{tag}.input_quantize")]
         if bits < 8:
             nodes.append(helper.make_node("Clip", [q_out, lo, hi], [f"{tag}.input_clipped"], name=f"{tag}.input_clip"))
@@ -310,7 +327,7 @@ def _act_qdq(graph, name: str, m: QuantMixin, bits: int) -> None:
         position = list(graph.node).index(op)
         for j, n in enumerate(nodes):
             graph.node.insert(position + j, n)
-        op.input[0] = dq_out
+        op.input[data] = dq_out
 
 
 def export_onnx(
