@@ -493,8 +493,8 @@ def test_conv_transpose_quantizes_per_output_channel():
         assert torch.unique(w[:, c]).numel() <= 8
 
 
-EXPORTABLE = ["concat", "hand_attention", "mlp_mixer", "grouped_dilated_depthwise", "conv1d", "conv3d", "conv_transpose2d", "conv_transpose1d",
-              "weight_reuse", "tied_convs", "tied_linears", "aliased"]
+EXPORTABLE = ["concat", "hand_attention", "mlp_mixer", "grouped_dilated_depthwise", "conv1d", "conv3d",
+              "conv_transpose2d", "conv_transpose1d", "weight_reuse", "tied_convs", "tied_linears", "aliased"]
 
 
 @pytest.mark.parametrize("case", EXPORTABLE)
