@@ -228,6 +228,11 @@ class ActQuantizer(nn.Module):
 
 
 
+def _copied_state(module: nn.Module) -> dict:
+    """A shallow copy of a module's state with its own dicts (parameters, children, hooks) copied too."""
+    return {k: (v.copy() if isinstance(v, dict) else v) for k, v in module.__dict__.items()}
+
+
 class QuantMixin:
     """Adds ``weight_quantizer`` and ``input_quantizer`` children to a torch weight layer.
 
@@ -263,7 +268,7 @@ class QuantMixin:
         q = cls.__new__(cls)
         # a shallow copy of the module's state; its own dicts (parameters, children, hooks) are copied so
         # adding the quantizer children leaves the float layer as it was
-        q.__dict__.update({k: (v.copy() if isinstance(v, dict) else v) for k, v in layer.__dict__.items()})
+        q.__dict__.update(_copied_state(layer))
         q.weight_quantizer = WeightQuantizer(weight_bits, weight_range, cls.weight_axis)
         q.input_quantizer = ActQuantizer(act_bits)
         return q
@@ -298,7 +303,7 @@ class QuantMixin:
             The float layer, detached from this one.
         """
         plain = self.float_class.__new__(self.float_class)
-        state = {k: (v.copy() if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+        state = _copied_state(self)
         state["_modules"] = {k: m for k, m in state["_modules"].items()
                              if not isinstance(m, (WeightQuantizer, ActQuantizer))}
         state["_parameters"] = {k: (None if v is None else nn.Parameter(v.detach().clone(), requires_grad=False))
