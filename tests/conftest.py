@@ -12,3 +12,21 @@ def demo_only(monkeypatch, tmp_path):
     monkeypatch.delenv("MIXQ_DATA", raising=False)
     monkeypatch.delenv("MIXQ_MODELS", raising=False)
     monkeypatch.chdir(tmp_path)
+
+
+def _top1_by_hand(model, task) -> float:
+    """Top-1 (%) counted directly from argmax over the task's test batches (not through Task.top1)."""
+    import torch
+
+    right = total = 0
+    with torch.no_grad():
+        for x, y in task.test_batches(200):
+            right += int((model(x).argmax(dim=1) == y).sum())
+            total += len(y)
+    return 100.0 * right / total
+
+
+@pytest.fixture
+def top1_by_hand():
+    """A function ``(model, task) -> top-1 %`` that CLI tests use to recompute a reported accuracy."""
+    return _top1_by_hand

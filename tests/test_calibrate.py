@@ -193,3 +193,53 @@ def test_calibration_leaves_the_model_in_eval_mode():
     assert not qm.training and not any(m.training for m in qm.modules())
     with torch.no_grad():
         assert torch.equal(qm(x), qm(x))  # dropout would make two passes differ
+
+
+def _loss_by_hand(qm, x, alpha, beta, normalize):
+    """alpha * MSE(logits) + beta * mean over layers of MSE(feature) [/ mean square of the float feature]."""
+    outs = {}
+    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: outs.__setitem__(n, o.detach().clone()))
+             for n, m in qm.layers.items()]
+    try:
+        with torch.no_grad():
+            with qm.float_mode():
+                t_logits = qm(x)
+                t_feats = dict(outs)
+            s_logits = qm(x)
+            s_feats = dict(outs)
+    finally:
+        for h in hooks:
+            h.remove()
+    loss = alpha * float(((s_logits - t_logits) ** 2).mean())
+    terms = []
+    for n in qm.layer_names:
+        mse = float(((s_feats[n] - t_feats[n]) ** 2).mean())
+        terms.append(mse / float((t_feats[n] ** 2).mean()) if normalize else mse)
+    return loss + beta * sum(terms) / len(terms)
+
+
+@pytest.mark.parametrize("alpha,beta,normalize", [(1.0, 1.0, True), (0.5, 2.0, False), (1.0, 0.0, True)])
+def test_initial_loss_is_the_documented_formula(setup, alpha, beta, normalize):
+    qm, x = setup
+    want = _loss_by_hand(qm, x, alpha, beta, normalize)
+    cfg = CalibrationConfig(epochs=1, lr=1e-4, learn_scale=False, augment=False, schedule="constant", seed=0,
+                            alpha=alpha, beta=beta, normalize_features=normalize, batch_size=64)
+    result = calibrate(qm, x, cfg, progress=False)
+    assert result.initial_loss == pytest.approx(want, rel=1e-5)
+
+
+def test_feature_term_changes_the_result(setup):
+    qm, x = setup
+    state = {k: v.clone() for k, v in qm.state_dict().items()}
+    weights = {}
+    for key, kwargs in {"output": {"features": "output"}, "beta0": {"features": "layers", "beta": 0.0},
+                        "layers": {"features": "layers", "beta": 1.0}}.items():
+        qm.load_state_dict(state)
+        cfg = CalibrationConfig(epochs=5, lr=1e-3, learn_scale=False, augment=False, schedule="constant", seed=0,
+                                **kwargs)
+        calibrate(qm, x, cfg, progress=False)
+        weights[key] = torch.cat([m.weight.detach().reshape(-1) for m in qm.layers.values()])
+    # with beta = 0 the layer features contribute nothing: the same updates as logits only
+    torch.testing.assert_close(weights["beta0"], weights["output"], atol=1e-7, rtol=0)
+    # with the feature term the updates differ
+    assert (weights["layers"] - weights["output"]).abs().max() > 1e-5

@@ -11,16 +11,23 @@ from mixq.cli import main
 from mixq.paths import resolve_data_root
 
 
-def test_eval_json_on_demo(demo_only, capsys):
+def test_eval_json_on_demo(demo_only, capsys, top1_by_hand):
+    import mixq
+
     assert main(["eval", "--bits", "4", "--json", "--no-progress", "--samples", "32"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model"] == "resnet20-jpeg" and out["bits"] == 4 and out["n_test"] == 500
     assert 80 <= out["fp32_top1"] <= 95 and 60 <= out["quant_top1"] <= out["fp32_top1"] + 2
+    # the reported numbers are those of the model the options describe, recomputed through the API
+    task = mixq.load_task("resnet20-jpeg", samples=32, seed=0)
+    assert out["fp32_top1"] == pytest.approx(top1_by_hand(task.model, task), abs=1e-3)
+    assert out["quant_top1"] == pytest.approx(top1_by_hand(mixq.quantize(task.model, 4, task.calib), task), abs=1e-3)
     assert out["avg_bits"] == 4 and out["size_mb"] == pytest.approx(out["fp32_size_mb"] / 8)
     assert "torch" in out["versions"]
 
 
-def test_eval_with_config_file(demo_only, tmp_path, capsys):
+def test_eval_with_config_file(demo_only, tmp_path, capsys, top1_by_hand):
+    import mixq
     from mixq.models import create_model
     from mixq.quant.model import QuantModel
 
@@ -30,6 +37,10 @@ def test_eval_with_config_file(demo_only, tmp_path, capsys):
     assert main(["eval", "--config", str(tmp_path / "c.json"), "--json", "--no-progress", "--n-test", "100"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert 3 < out["avg_bits"] < 3.2 and out["n_test"] == 100
+    task = mixq.load_task("resnet20-jpeg", samples=50, seed=0, n_test=100)
+    qm = mixq.quantize(task.model, cfg, task.calib)
+    assert out["quant_top1"] == pytest.approx(top1_by_hand(qm, task), abs=1e-3)
+    assert out["quant_top1"] != pytest.approx(top1_by_hand(mixq.quantize(task.model, 2, task.calib), task))
 
 
 def _error(capsys, argv):

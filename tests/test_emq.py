@@ -62,15 +62,29 @@ def test_binary_values_against_references():
     np.testing.assert_allclose(BINARY["matmul"].fn(ta, tb).numpy(), a @ b.T, rtol=1e-5, atol=1e-6)
 
 
+_SHAPE_CASES = [((4, 3, 2), (4, 3, 2)), ((4, 3, 2), ()), ((4, 6), (5, 6)), ((4, 6), (2, 7)),
+                ((8, 2, 3, 3), (5, 2)), ((), ()), ((3, 4), (12,)), ((2, 3), (2, 3)), ((2, 3, 2), (5, 6))]
+# expected result shape per kind and case, written out by hand (None = rejected before computing):
+# elementwise needs equal shapes or a scalar; matmul needs rank >= 2 and equal row lengths (rows x rows);
+# a distance needs equal element counts of at least 2 and gives a scalar
+_EXPECTED = {
+    "elementwise": [(4, 3, 2), (4, 3, 2), None, None, None, (), None, (2, 3), None],
+    "matmul": [(4, 4), None, (4, 5), None, None, None, None, (2, 2), (2, 5)],
+    "distance": [(), None, None, None, None, None, (), (), None],
+}
+
+
 @pytest.mark.parametrize("name", sorted(BINARY))
-@pytest.mark.parametrize("sa,sb", [((4, 3, 2), (4, 3, 2)), ((4, 3, 2), ()), ((4, 6), (5, 6)), ((4, 6), (2, 7)),
-                                   ((8, 2, 3, 3), (5, 2)), ((), ())])
-def test_binary_shape_rule_agrees_with_computation(name, sa, sb):
+@pytest.mark.parametrize("case", range(len(_SHAPE_CASES)))
+def test_binary_shape_rule_agrees_with_computation(name, case):
+    sa, sb = _SHAPE_CASES[case]
+    want = _EXPECTED[BINARY[name].kind][case]
     a, b = torch.rand(sa) + 0.1, torch.rand(sb) + 0.1
-    try:
-        want = binary_shape(name, sa, sb)
-    except ShapeError:
-        return  # statically rejected: never computed
+    if want is None:
+        with pytest.raises(ShapeError):
+            binary_shape(name, sa, sb)
+        return
+    assert binary_shape(name, sa, sb) == want
     assert tuple(BINARY[name].fn(a, b).shape) == want
 
 

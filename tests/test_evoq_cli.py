@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from mixq.cli import main
 
 
@@ -32,11 +34,20 @@ def test_evoq_bad_budget(demo_only, capsys):
     assert err.startswith("mixq: error:") and "infeasible" in err
 
 
-def test_evoq_with_calibration(demo_only, tmp_path):
+def test_evoq_with_calibration(demo_only, tmp_path, top1_by_hand):
+    import mixq
+    from mixq.export.run import model_from_run
+
     out = tmp_path / "cal"
     argv = ["evoq", "--iterations", "5", "--samples", "8", "--n-test", "50", "--calib-epochs", "2",
             "--no-progress", "--out", str(out)]
     assert main(argv) == 0
     r = json.loads((out / "result.json").read_text())
     assert r["calibration"]["epochs"] == 2 and r["calibration"]["learn_scale"]
-    assert 0 <= r["quant_top1"] <= 100 and (out / "calibrated.pt").exists()
+    assert (out / "calibrated.pt").exists()
+    # the reported numbers belong to the files saved: calibrated model, searched bits, FP32
+    task, qm, calibrated = model_from_run(out, n_test=50)
+    assert calibrated and r["quant_top1"] == pytest.approx(top1_by_hand(qm, task), abs=1e-6)
+    searched = mixq.quantize(task.model, mixq.BitConfig.load(out / "config.json"), task.calib)
+    assert r["search_top1"] == pytest.approx(top1_by_hand(searched, task), abs=1e-6)
+    assert r["fp32_top1"] == pytest.approx(top1_by_hand(task.model, task), abs=1e-6)

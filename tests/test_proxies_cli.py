@@ -2,10 +2,12 @@
 
 import json
 
+import pytest
+
 from mixq.cli import main
 
 
-def test_bench_proxies_allocate_pipeline(demo_only, tmp_path, capsys):
+def test_bench_proxies_allocate_pipeline(demo_only, tmp_path, capsys, top1_by_hand):
     bench = tmp_path / "b.sqlite"
     assert main(["bench", "build", str(bench), "--n", "5", "--n-test", "30", "--samples", "8",
                  "--no-progress"]) == 0
@@ -32,6 +34,11 @@ def test_bench_proxies_allocate_pipeline(demo_only, tmp_path, capsys):
                  "--proxy-batch", "16", "--no-progress", "--out", str(run)]) == 0
     r = json.loads((run / "result.json").read_text())
     assert r["avg_bits"] <= 3 + 1e-9 and len(r["bits"]) == 20
+    from mixq.export.run import model_from_run
+
+    task, qm, calibrated = model_from_run(run, n_test=20)
+    assert not calibrated and r["quant_top1"] == pytest.approx(top1_by_hand(qm, task), abs=1e-6)
+    assert r["fp32_top1"] == pytest.approx(top1_by_hand(task.model, task), abs=1e-6)
 
 
 def test_bad_inputs(demo_only, tmp_path, capsys):
@@ -70,14 +77,27 @@ def test_stats_cache_round_trip(tmp_path):
         StatsCache(path, "sha-a", ["l1", "l2"])
 
 
-def test_rank_with_stats_cache_gives_same_metrics(demo_only, tmp_path):
+def test_rank_with_stats_cache_gives_same_metrics(demo_only, tmp_path, monkeypatch):
+    from mixq.proxies.qe import QEScore
+    from mixq.proxies.saliency import Snip
+
     bench = tmp_path / "b.sqlite"
     assert main(["bench", "build", str(bench), "--n", "5", "--n-test", "30", "--samples", "8",
                  "--no-progress"]) == 0
-    out = []
+    computed = []
+    for cls in (Snip, QEScore):
+        def counting(self, *args, _orig=cls._compute, **kwargs):
+            computed.append(self.name)
+            return _orig(self, *args, **kwargs)
+        monkeypatch.setattr(cls, "_compute", counting)
+    out, runs = [], []
     for i in range(2):
         js = tmp_path / f"r{i}.json"
         assert main(["proxies", "rank", "--bench", str(bench), "--proxies", "snip", "qe", "--sample", "4",
                      "--proxy-batch", "16", "--stats-cache", str(tmp_path / "cache.npz"), "--json", str(js)]) == 0
         out.append([r["all"] for r in json.loads(js.read_text())["results"]])
+        runs.append(sorted(computed))
+        computed.clear()
     assert out[0] == out[1] and (tmp_path / "cache.npz").is_file()
+    # the first run computes each proxy's statistics once per sampled batch; the second computes none
+    assert runs[0] and set(runs[0]) == {"snip", "qe"} and runs[1] == []

@@ -28,6 +28,54 @@ def model_root():
     return root
 
 
+@pytest.mark.parametrize("affine", [True, False])
+def test_fold_conv_bn_hard_coded_with_large_eps(affine):
+    # checkpoint-free: eps = 0.5 against running_var = 0.5 makes sqrt(var + eps) = 1 vs sqrt(var) = 0.707
+    from mixq.quant.fold import fold_conv_bn
+
+    conv = nn.Conv2d(1, 2, 1, bias=True)
+    bn = nn.BatchNorm2d(2, eps=0.5, affine=affine).eval()
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([2.0, -3.0]).view(2, 1, 1, 1))
+        conv.bias.copy_(torch.tensor([1.0, 0.5]))
+        bn.running_mean.copy_(torch.tensor([0.5, -1.0]))
+        bn.running_var.copy_(torch.tensor([0.5, 3.5]))  # + eps: 1.0 and 4.0
+        if affine:
+            bn.weight.copy_(torch.tensor([3.0, 2.0]))
+            bn.bias.copy_(torch.tensor([-1.0, 0.25]))
+    x = torch.randn(3, 1, 4, 4)
+    with torch.no_grad():
+        want = bn(conv(x))
+    fold_conv_bn(conv, bn)
+    gamma, beta = ([3.0, 2.0], [-1.0, 0.25]) if affine else ([1.0, 1.0], [0.0, 0.0])
+    # W' = W * gamma / sqrt(var + eps); b' = (b - mean) * gamma / sqrt(var + eps) + beta, by hand
+    w_want = [2.0 * gamma[0] / 1.0, -3.0 * gamma[1] / 2.0]
+    b_want = [(1.0 - 0.5) * gamma[0] / 1.0 + beta[0], (0.5 + 1.0) * gamma[1] / 2.0 + beta[1]]
+    torch.testing.assert_close(conv.weight.detach().view(2), torch.tensor(w_want), atol=1e-6, rtol=0)
+    torch.testing.assert_close(conv.bias.detach(), torch.tensor(b_want), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), want, atol=1e-5, rtol=1e-5)
+
+
+def test_fold_exact_checkpoint_free_with_small_variances():
+    # BN variances near eps (one BN with eps 1e-3): a fold that drops or changes eps is far off
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, groups=8, padding=1), nn.BatchNorm2d(8, eps=1e-3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 2 * m.eps)  # var ~ eps
+    model.eval()
+    x = torch.randn(4, 3, 8, 8, generator=g)
+    qm = QuantModel(model, calib=x)
+    assert qm.fold_report.folded and not qm.fold_report.unfolded
+    with torch.no_grad(), qm.float_mode():
+        out, ref = qm(x), model(x)
+    assert (out - ref).norm() <= 1e-5 * ref.norm()
+
+
 def _randomize_bn(model: nn.Module) -> None:
     g = torch.Generator().manual_seed(0)
     for m in model.modules():

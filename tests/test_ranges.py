@@ -1,13 +1,13 @@
 """Weight clipping-range methods: OMSE optimality, ACIQ's analytical alphas, range invariants."""
 
 from functools import cache
-from pathlib import Path
 
 import pytest
 import torch
 from scipy.special import lambertw
 
 from mixq.errors import MixqError
+from mixq.paths import DEMO_DIR
 from mixq.quant.primitives import asym_qparams, fake_quantize, quantize_weight
 from mixq.quant.ranges import (
     RANGE_METHODS,
@@ -22,7 +22,7 @@ from mixq.quant.ranges import (
 )
 
 BITS = list(range(2, 9))
-CKPT = Path("/work/shared/models/cifar10/resnet20-jpeg-0e7622d0.pt")
+CKPT = DEMO_DIR / "resnet20-jpeg.pt"  # the embedded demo checkpoint ships with the package: never skipped
 # Banner et al. (2019), optimal clipping for a Laplace(0, b) prior, in units of b
 PAPER_LAPLACE_ALPHA = {2: 2.83, 3: 3.89, 4: 5.03, 5: 6.2, 6: 7.41, 7: 8.64, 8: 9.89}
 
@@ -54,8 +54,7 @@ def _load_resnet20_layers() -> tuple[torch.Tensor, ...]:
 
 
 def _resnet20_layers() -> tuple[torch.Tensor, ...]:
-    if not CKPT.exists():
-        pytest.skip(f"checkpoint {CKPT} not available")
+    assert CKPT.is_file(), f"the embedded demo checkpoint {CKPT} is missing from the package"
     return _load_resnet20_layers()
 
 
