@@ -318,3 +318,35 @@ def test_scoring_1000_configs_cheaper_than_3_forward_backward(name, tiny, tiny_s
     t_fb = _best_time(fwd_bwd)
     t_score = _best_time(lambda: proxy.score(tiny_stats[name], bits))
     assert t_score < 3 * t_fb, (t_score, t_fb)
+
+
+class _FixedGains(Proxy):
+    """A proxy whose per-layer saliencies are given (to test the checks on what ``_compute`` returns)."""
+
+    def __init__(self, saliency, name="fixed"):
+        self.saliency = np.asarray(saliency, dtype=np.float64)
+        self.name = name
+
+    def _compute(self, model, modules, x, y, seed):
+        from mixq.proxies.base import linear_in_bits
+
+        return linear_in_bits(self.saliency), {}
+
+
+def test_proxy_with_constant_scores_is_one_clear_error(tiny):
+    _, qm, x, _ = tiny
+    names = qm.layer_names[:3]
+    with pytest.raises(MixqError, match="'fixed' gives every bit configuration of these 3 layers the same score"):
+        _FixedGains([0.0, 0.0, 0.0]).statistics(qm, names, x)
+    # one layer that depends on its bits is enough to rank
+    stats = _FixedGains([0.0, 2.0, 0.0]).statistics(qm, names, x)
+    assert np.ptp(_FixedGains([0.0, 2.0, 0.0]).score(stats, [[2, 2, 2], [2, 3, 2]])) == 2.0
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan, -np.inf])
+def test_proxy_with_non_finite_statistics_is_one_clear_error(tiny, bad):
+    _, qm, x, _ = tiny
+    names = qm.layer_names[:3]
+    with pytest.raises(MixqError, match=r"non-finite statistics \(overflow or NaN\) for layer\(s\) '"
+                       + names[1] + "'"):
+        _FixedGains([1.0, bad, 3.0]).statistics(qm, names, x)

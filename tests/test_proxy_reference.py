@@ -205,6 +205,24 @@ def test_synflow_matches_its_closed_form_on_two_layers():
     assert (net[0].weight.detach() < 0).any()
 
 
+@pytest.mark.parametrize("act", [nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.GELU])
+def test_synflow_linearises_saturating_activations(act):
+    """With all-positive weights ReLU6 saturates (here every hidden unit exceeds 6) and passes no gradient:
+    SynFlow would score the first layer 0. It is computed on the ReLU form, by the same closed form."""
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(4, 5), act(), nn.Linear(5, 3)).eval()
+    with torch.no_grad():
+        net[0].weight.mul_(20)
+    w1, b1 = net[0].weight.detach().double().abs().numpy(), net[0].bias.detach().double().abs().numpy()
+    w2 = net[2].weight.detach().double().abs().numpy()
+    assert (w1.sum(axis=1) + b1).min() > 6  # saturated in the original
+    s1 = float((w1 * w2.sum(axis=0)[:, None]).sum())
+    s2 = float((w2 * (w1.sum(axis=1) + b1)[None, :]).sum())
+    stats = get_proxy("synflow").statistics(net, ["0", "2"], torch.randn(7, 4))
+    np.testing.assert_allclose(stats.gains, np.outer([s1, s2], B), rtol=1e-10)
+    assert isinstance(net[1], act)  # the model keeps its activation
+
+
 # -- data-dependent, label-free -------------------------------------------------------------------------
 def _linear_cka(a: np.ndarray, b: np.ndarray) -> float:
     """Linear CKA in feature space: ||B_c^T A_c||_F^2 / (||A_c^T A_c||_F ||B_c^T B_c||_F)."""

@@ -41,6 +41,7 @@ class FormulaProxy(Proxy):
     """
 
     additive = True
+    float_may_be_undefined = True
 
     def __init__(self, genotype: Genotype, hessian_samples: int = 16, act_samples: int = 32) -> None:
         self.genotype = genotype

@@ -225,6 +225,29 @@ def linear_in_bits(per_layer: np.ndarray) -> np.ndarray:
     return np.outer(np.asarray(per_layer, dtype=np.float64), _BITS_ARR)
 
 
+def _check_gains(proxy: str, layer_names: list[str], gains: np.ndarray, float_may_be_undefined: bool) -> None:
+    """Refuse statistics that cannot rank: non-finite values, or the same score for every configuration.
+
+    The float column (32 bits) is exempt from the finiteness check when ``float_may_be_undefined`` (an
+    evolved formula may be undefined there; scoring a float layer then raises instead).
+    """
+    if float_may_be_undefined:
+        gains = gains[:, _BITS_ARR < FLOAT_BITS]
+    bad = [n for n, row in zip(layer_names, gains) if not np.isfinite(row).all()]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise MixqError(
+            f"proxy {proxy!r} produced non-finite statistics (overflow or NaN) for layer(s) "
+            f"{', '.join(map(repr, bad[:3]))}{more}: its scores would be meaningless"
+        )
+    if len(layer_names) and not (np.ptp(gains, axis=1) > 0).any():
+        raise MixqError(
+            f"proxy {proxy!r} gives every bit configuration of these {len(layer_names)} layers the same score "
+            "(no layer's statistic depends on its bit-width; e.g. all saliencies are 0): it cannot rank "
+            "configurations of this model"
+        )
+
+
 class Proxy:
     """Base class: a training-free score of bit configurations (higher = predicted more accurate).
 
@@ -236,6 +259,7 @@ class Proxy:
         higher_is_better: always True (see the module docstring).
         additive: the score is a sum of per-layer terms, so :meth:`layer_costs` is exact.
         needs_grad: whether the statistics differentiate with respect to the weights.
+        float_may_be_undefined: the 32-bit column of the gain table may be NaN/inf (evolved formulas).
     """
 
     name: str = ""
@@ -243,6 +267,7 @@ class Proxy:
     higher_is_better: bool = True
     additive: bool = True
     needs_grad: bool = False
+    float_may_be_undefined: bool = False
 
     def statistics(
         self,
@@ -275,6 +300,7 @@ class Proxy:
         gains = np.asarray(gains, dtype=np.float64)
         if gains.shape != (len(modules), len(BITS)):
             raise AssertionError(f"{self.name}: gain table has shape {gains.shape}")
+        _check_gains(self.name, list(layer_names), gains, self.float_may_be_undefined)
         return LayerStats(self.name, tuple(layer_names), gains, values, time.perf_counter() - t0)
 
     def _compute(

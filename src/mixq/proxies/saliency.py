@@ -33,6 +33,22 @@ class Snip(Proxy):
         return linear_in_bits(sal), {"saliency": sal}
 
 
+# Activation modules SynFlow's copy replaces by ReLU (their piecewise-linear, non-saturating counterpart).
+LINEARISED: tuple[type[torch.nn.Module], ...] = (
+    torch.nn.ReLU6, torch.nn.Hardtanh, torch.nn.SiLU, torch.nn.GELU, torch.nn.Hardswish, torch.nn.Mish,
+    torch.nn.ELU, torch.nn.CELU, torch.nn.SELU, torch.nn.LeakyReLU, torch.nn.PReLU, torch.nn.Softplus,
+)
+
+
+def _linearise(net: torch.nn.Module) -> None:
+    """Replace every :data:`LINEARISED` activation module of ``net`` by ReLU, in place."""
+    for name, child in list(net.named_children()):
+        if isinstance(child, LINEARISED):
+            setattr(net, name, torch.nn.ReLU())
+        else:
+            _linearise(child)
+
+
 @register_proxy("synflow")
 class SynFlow(Proxy):
     """Bit-aware SynFlow (Tanaka et al., NeurIPS 2020): label- and data-free.
@@ -41,6 +57,12 @@ class SynFlow(Proxy):
     values, ``R = sum(f(1))`` for an all-ones input of one sample's shape; ``s_l = sum_i w_i * dR/dw_i``
     (all terms non-negative) and ``S(b) = sum_l s_l * b_l``. float64 avoids the overflow of the
     product of absolute weights through deep networks. The model itself is not modified.
+
+    SynFlow is defined for ReLU networks, where the all-positive copy is linear. A saturating or smooth
+    activation module (ReLU6, Hardtanh, SiLU, GELU, Hardswish, ... see :data:`LINEARISED`) is replaced by
+    ReLU in the copy: with positive activations ReLU6 saturates at 6 and passes no gradient, which made
+    every layer before MobileNetV2's classifier score 0. ReLU networks are unchanged; activations written
+    as functions inside ``forward`` are kept as they are.
     """
 
     needs_grad = False  # works on its own copy
@@ -48,6 +70,7 @@ class SynFlow(Proxy):
     def _compute(self, model, modules, x, y, seed):  # noqa: D102
         names = layer_names_of(model, modules)
         net = copy.deepcopy(model).double()
+        _linearise(net)
         with torch.no_grad():
             for t in list(net.parameters()) + [b for b in net.buffers() if b.is_floating_point()]:
                 t.abs_()
