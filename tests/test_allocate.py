@@ -289,3 +289,48 @@ def test_over_budget_solver_answer_is_resolved(monkeypatch):
     assert calls == [120.5, 120.0]  # floor(budget) + 0.5, then tightened below the rejected 121
     assert res.bit_params <= 120 and res.status == "optimal"
     assert res.objective == pytest.approx(brute_force(cost, [1, 2, 4, 8], [10, 10, 1], 120.0))
+
+
+class _Twice(nn.Module):
+    """One Linear called twice per forward (a shared layer): its MACs count both calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(self.fc(torch.relu(self.fc(x))))
+
+
+def test_layer_called_twice_counts_both_calls_and_bitops_use_per_layer_act_bits():
+    qm = QuantModel(_Twice(), calib=torch.randn(4, 6))
+    assert qm.layer_names == ["fc", "head"]
+    assert layer_macs(qm, (1, 6)) == [2 * 36, 12]
+    with pytest.raises(MixqError, match=r"x_shape must be an input shape such as \(N, C, H, W\), got \(0, 6\)"):
+        layer_macs(qm, (0, 6))
+    with pytest.raises(MixqError, match="layer_macs needs a QuantModel, got Sequential"):
+        layer_macs(nn.Sequential(nn.Linear(2, 2)), (1, 2))
+    config = BitConfig({"fc": 4, "head": 8}, {"fc": 6, "head": 8})
+    assert bitops(qm, config, x_shape=(1, 6)) == 72 * 4 * 6 + 12 * 8 * 8
+
+
+def test_equal_costs_everywhere_are_solved():
+    """No cost spread at all (every choice equally good): any configuration in budget is optimal."""
+    cost = np.zeros((3, 3))
+    params = [10, 20, 30]
+    res = allocate_bits(cost, [2, 4, 8], params, budget_bits_params=4 * 60, time_limit=30)
+    assert sum(p * b for p, b in zip(params, res.bits)) <= 4 * 60
+    assert res.status == "optimal" and res.objective == 0.0
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1e6])
+@pytest.mark.parametrize("seed", range(4))
+def test_tiny_and_huge_cost_units_match_brute_force(seed, scale):
+    """The optimum does not depend on the cost units: costs of order 1e-9 (where HiGHS' absolute gap of
+    1e-6 would accept any answer if the costs were not rescaled) and of order 1e6."""
+    rng, choices, params, _, cost = random_case(200 + seed)
+    cost = cost * scale
+    budget = between(rng, min(choices) * params.sum(), max(choices) * params.sum())
+    res = allocate_bits(cost, choices, params, budget)
+    check(res, brute_force(cost, choices, params, budget), cost, choices, params, budget)

@@ -93,28 +93,58 @@ def test_sgd_and_output_only(setup):
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "message"),
     [
-        {"epochs": 0},
-        {"epochs": 2.5},
-        {"lr": 0},
-        {"lr": float("nan")},
-        {"momentum": 1.0},
-        {"alpha": -1},
-        {"beta": -0.5},
-        {"alpha": 0, "beta": 0},
-        {"alpha": 0, "features": "output"},
-        {"batch_size": 0},
-        {"optimizer": "rmsprop"},
-        {"weight_decay": -1e-4},
-        {"features": "blocks?"},
-        {"grid_init": "percentile"},
-        {"schedule": "step"},
+        ({"epochs": 0}, "epochs must be at least 1, got 0"),
+        ({"epochs": 2.5}, "epochs must be an integer, got 2.5"),
+        ({"epochs": True}, "epochs must be an integer, got True"),
+        ({"batch_size": "8"}, "batch_size must be an integer, got '8'"),
+        ({"seed": 1.0}, "seed must be an integer, got 1.0"),
+        ({"lr": 0}, "lr must be positive, got 0"),
+        ({"lr": -1e-3}, "lr must be positive, got -0.001"),
+        ({"lr": float("nan")}, "lr must be a finite number, got nan"),
+        ({"lr": "1e-3"}, "lr must be a finite number, got '1e-3'"),
+        ({"momentum": True}, "momentum must be a finite number, got True"),
+        ({"momentum": 1.0}, r"momentum must be in \[0, 1\), got 1.0"),
+        ({"momentum": -0.1}, r"momentum must be in \[0, 1\), got -0.1"),
+        ({"alpha": -1}, "alpha and beta must be >= 0, got alpha=-1, beta="),
+        ({"beta": -0.5}, "alpha and beta must be >= 0, got alpha=.*, beta=-0.5"),
+        ({"beta": float("inf")}, "beta must be a finite number, got inf"),
+        ({"alpha": 0, "beta": 0}, "loss is empty: alpha is 0 and there is no feature term"),
+        ({"alpha": 0, "features": "output"}, "loss is empty"),
+        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+        ({"optimizer": "rmsprop"}, "optimizer must be one of sgd, adam, got 'rmsprop'"),
+        ({"weight_decay": -1e-4}, "weight_decay must be >= 0, got -0.0001"),
+        ({"weight_decay": float("-inf")}, "weight_decay must be a finite number"),
+        ({"features": "blocks?"}, "features must be one of layers, output, got 'blocks\\?'"),
+        ({"grid_init": "percentile"}, "percentile"),
+        ({"schedule": "step"}, "schedule must be one of constant, cosine, got 'step'"),
     ],
 )
-def test_bad_config_raises(kwargs):
-    with pytest.raises(MixqError):
+def test_bad_config_raises(kwargs, message):
+    with pytest.raises(MixqError, match=message):
         CalibrationConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"epochs": 1, "batch_size": 1, "seed": 0},
+        {"lr": 1e-12},
+        {"momentum": 0.0},
+        {"momentum": 0.999},
+        {"alpha": 0, "beta": 1.0, "features": "layers"},
+        {"alpha": 1.0, "beta": 0, "features": "output"},
+        {"alpha": 0.0, "beta": 0.5},
+        {"weight_decay": 0},
+        {"lr": 1, "momentum": 0, "alpha": 1, "beta": 0, "weight_decay": 0},  # ints are numbers
+        {"optimizer": "sgd", "schedule": "constant", "features": "output", "grid_init": None},
+    ],
+)
+def test_boundary_configs_are_accepted(kwargs):
+    config = CalibrationConfig(**kwargs)
+    for key, value in kwargs.items():
+        assert getattr(config, key) == value
 
 
 def test_bad_inputs_raise(setup):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from mixq.errors import MixqError
 from mixq.proxies import BITS, get_proxy
 
 B = np.array(BITS, dtype=np.float64)
@@ -298,3 +299,48 @@ def test_score_is_the_sum_of_the_chosen_gains(name, case):
     np.testing.assert_allclose(proxy.score(stats, bits), want, rtol=1e-12)
     costs = proxy.layer_costs(stats, QBITS)
     np.testing.assert_array_equal(costs, -stats.gains[:, : len(QBITS)])
+
+
+def test_linear_cka_matrix_against_feature_space_formula_with_a_dead_layer():
+    """Off-diagonal entries equal the feature-space CKA; the diagonal is 1, and a layer whose features are
+    constant over the batch (a dead layer) gets a zero row, column and diagonal instead of NaN."""
+    from mixq.proxies.ompq import linear_cka_matrix
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 4, generator=g)
+    b = a @ torch.randn(4, 3, generator=g) + 0.5 * torch.randn(6, 3, generator=g)
+    dead = torch.full((6, 5), 2.0)
+    cka = linear_cka_matrix([a, b, dead])
+    ref = _linear_cka(a.double().numpy(), b.double().numpy())
+    expected = np.array([[1.0, ref, 0.0], [ref, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(cka, expected, rtol=1e-10, atol=1e-12)
+
+
+class _SharedFc(nn.Module):
+    """A one-feature input and a Linear called twice: OMPQ joins the two calls' features per sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(1, 1)
+        self.head = nn.Linear(1, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.fc(torch.tanh(self.fc(x)))))
+
+
+def test_ompq_default_beta_shared_layer_and_two_samples():
+    torch.manual_seed(5)
+    net = _SharedFc().double().eval()
+    for x in (torch.tensor([[0.3], [-1.2]], dtype=torch.float64),
+              torch.tensor([[0.3], [-1.2], [0.8], [2.0]], dtype=torch.float64)):
+        stats = get_proxy("ompq").statistics(net, ["fc", "head"], x)  # default beta = 1
+        with torch.no_grad():
+            h1 = net.fc(x)
+            h2 = net.fc(torch.tanh(h1))
+            out = net.head(torch.tanh(h2))
+        fc = torch.cat([h1, h2], dim=1).numpy()  # (N, 2): both calls of one layer, side by side
+        cka = _linear_cka(fc, out.numpy())
+        np.testing.assert_allclose(stats.values["gamma"], [cka, cka], rtol=1e-9)
+        np.testing.assert_allclose(stats.gains, np.outer(np.exp(-np.array([cka, cka])) / 2, B), rtol=1e-9)
+    with pytest.raises(MixqError, match=r"OMPQ proxy needs a batch of at least 2 samples \(CKA compares"):
+        get_proxy("ompq").statistics(net, ["fc", "head"], torch.ones(1, 1, dtype=torch.float64))
