@@ -135,3 +135,28 @@ def test_child_equal_to_known_costs_no_evaluation():
     while not search.done:
         search.step()
     assert len(calls) == len(set(calls)) == 3 and search.state.evaluations == 3
+
+
+def test_sensitivity_table_files_round_trip_exactly(tmp_path):
+    """Hard-coded table: JSON and CSV written exactly, signature stored, nested folders created, every field
+    read back with its type; value() picks the right cell; a damaged file is one clear error."""
+    mse = np.array([[0.5, 0.25, 0.125], [3.0, 2.0, 1.0]])
+    table = SensitivityTable(("conv", "fc"), (2, 4, 8), mse, (27, 10))
+    assert table.value(0, 4) == 0.25 and table.value(1, 8) == 1.0 and table.value(1, 2) == 3.0
+    out = tmp_path / "a" / "b"
+    table.save(out, signature={"seed": 3})
+    data = json.loads((out / "sensitivity.json").read_text())
+    assert data == {"signature": {"seed": 3}, "bits": [2, 4, 8],
+                    "layers": {"conv": {"params": 27, "mse": [0.5, 0.25, 0.125]},
+                               "fc": {"params": 10, "mse": [3.0, 2.0, 1.0]}}}
+    assert (out / "sensitivity.csv").read_bytes() == (
+        b"layer,params,mse_w2,mse_w4,mse_w8\r\nconv,27,0.5,0.25,0.125\r\nfc,10,3,2,1\r\n")
+    table.save(tmp_path / "plain")
+    assert "signature" not in json.loads((tmp_path / "plain" / "sensitivity.json").read_text())
+    back = SensitivityTable.from_dict(data)
+    assert back.layers == ("conv", "fc") and back.bits == (2, 4, 8) and back.params == (27, 10)
+    assert back.mse.dtype == np.float64 and np.array_equal(back.mse, mse)
+    ints = SensitivityTable.from_dict({"bits": ["2"], "layers": {"l": {"params": "5", "mse": [3]}}})
+    assert ints.mse.dtype == np.float64 and ints.bits == (2,) and ints.params == (5,)
+    with pytest.raises(MixqError, match="run/x.json is not a mixq sensitivity table: 'mse'"):
+        SensitivityTable.from_dict({"bits": [2], "layers": {"conv": {"params": 1}}}, source="run/x.json")

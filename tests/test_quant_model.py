@@ -226,3 +226,53 @@ def test_matches_independent_reference(bits, model_root):
     cos = torch.nn.functional.cosine_similarity(ours.flatten(), theirs.flatten(), dim=0)
     assert cos > 0.995
     assert (ours.argmax(1) == theirs.argmax(1)).float().mean() >= 0.95
+
+
+class _EveryUnfoldableCase(nn.Module):
+    """One BatchNorm per reason find_conv_bn_pairs gives for not folding it, plus one that folds."""
+
+    def __init__(self):
+        super().__init__()
+        self.ok, self.bn_ok = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+        self.tied_a, self.tied_b = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+        self.tied_b.weight = self.tied_a.weight
+        self.bn_tied = nn.BatchNorm2d(4)
+        self.users, self.bn_users = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+        self.twice, self.bn_twice = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+        self.nostats, self.bn_nostats = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4, track_running_stats=False)
+        self.wrong, self.bn_wrong_kind = nn.Conv2d(4, 4, 1), nn.BatchNorm1d(4)  # traced, never run
+        self.bn_after_relu = nn.BatchNorm2d(4)
+        self.bn_unused = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        a = self.bn_ok(self.ok(x))
+        b = self.bn_tied(self.tied_a(a)) + self.tied_b(a)
+        u = self.users(b)
+        c = self.bn_users(u) + u
+        d = self.bn_twice(self.twice(self.twice(c)))
+        e = self.bn_nostats(self.nostats(d))
+        f = self.bn_wrong_kind(self.wrong(e))
+        return self.bn_after_relu(torch.relu(f))
+
+
+def test_fold_report_names_the_reason_for_every_unfolded_batchnorm():
+    report = find_conv_bn_pairs(_EveryUnfoldableCase().eval())
+    assert report.traced is True
+    assert report.folded == [("ok", "bn_ok")]
+    assert report.unfolded == {
+        "bn_tied": "conv 'tied_a' shares its weight with ['tied_a', 'tied_b'] (tied weights)",
+        "bn_users": "conv 'users' output has other users",
+        "bn_twice": "conv or BatchNorm is called more than once",
+        "bn_nostats": "BatchNorm has no running statistics",
+        "bn_wrong_kind": "a BatchNorm1d after a Conv2d is not folded",
+        "bn_after_relu": "input is not the output of a convolution mixq quantizes",
+        "bn_unused": "not called in the traced forward",
+    }
+
+
+def test_fold_report_of_an_untraceable_model_gives_the_exception():
+    report = find_conv_bn_pairs(Untraceable().eval())
+    assert report.traced is False and report.folded == []
+    reason = next(iter(report.unfolded.values()))
+    assert reason.startswith("model is not traceable by torch.fx (TraceError: symbolically traced variables")
+    assert set(report.unfolded.values()) == {reason} and len(report.unfolded) == 3
