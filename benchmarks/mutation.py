@@ -22,6 +22,7 @@ and, where given, that reason.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -67,8 +68,6 @@ TESTS = [
     "tests/test_evoq.py",
     "tests/test_emq.py",
 ]
-# emq/ranking.py (mixq proxies rank) is reached only by the CLI tests: mutate it with these.
-TESTS_RANKING = ["tests/test_proxies_cli.py"]
 
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 
@@ -177,20 +176,25 @@ def kind_of(diff: str) -> str:
     return "message"
 
 
-def _diff(workdir: Path, name: str) -> str:
-    """The unified diff of mutant ``name`` (mutmut's own ``show``, in-process: it reads the config from cwd)."""
-    from mutmut.__main__ import find_mutant, get_diff_for_mutant
-
+@contextlib.contextmanager
+def _in(workdir: Path):
+    """mutmut reads its config and state from the current folder."""
     here = os.getcwd()
     os.chdir(workdir)
     try:
-        return get_diff_for_mutant(name, path=find_mutant(name).path).strip()
+        yield
     finally:
         os.chdir(here)
 
 
+def _score(counts: dict[str, int]) -> float | None:
+    judged = counts["killed"] + counts["survived"] + counts["no tests"]
+    return round(counts["killed"] / judged, 4) if judged else None
+
+
 def report(workdir: Path, modules: list[str], out: Path, seconds: float | None) -> dict:
     """Summarise verdicts, with each survivor's diff and the equivalence reason where one is written down."""
+    from mixq.fileio import atomic_write_json
     from mixq.provenance import versions
 
     equivalent_file = REPO / "benchmarks" / "mutation_equivalent.json"
@@ -198,37 +202,36 @@ def report(workdir: Path, modules: list[str], out: Path, seconds: float | None) 
     per_module = {}
     survivors = []
     totals = {"killed": 0, "survived": 0, "no tests": 0, "not checked": 0, "other": 0}
-    for mod, by_name in verdicts(workdir, modules).items():
-        counts = {"killed": 0, "survived": 0, "no tests": 0, "not checked": 0, "other": 0}
-        for name, status in sorted(by_name.items()):
-            key = "killed" if status in KILLED else status if status in counts else "other"
-            counts[key] += 1
-            if status in ("survived", "no tests", "suspicious"):
-                diff = _diff(workdir, name)
-                survivors.append({"module": mod, "mutant": name, "status": status, "kind": kind_of(diff),
-                                  "diff": diff, "equivalent_because": equivalent.get(name)})
-        judged = counts["killed"] + counts["survived"] + counts["no tests"]
-        per_module[mod] = {**counts, "total": len(by_name),
-                           "score": round(counts["killed"] / judged, 4) if judged else None}
-        for k in totals:
-            totals[k] += counts[k]
-    judged = totals["killed"] + totals["survived"] + totals["no tests"]
+    from mutmut.__main__ import get_diff_for_mutant
+
+    with _in(workdir):
+        for mod, by_name in verdicts(workdir, modules).items():
+            counts = {"killed": 0, "survived": 0, "no tests": 0, "not checked": 0, "other": 0}
+            for name, status in sorted(by_name.items()):
+                counts["killed" if status in KILLED else status if status in counts else "other"] += 1
+                if status in ("survived", "no tests", "suspicious"):
+                    diff = get_diff_for_mutant(name, path=Path("src", "mixq", mod)).strip()
+                    survivors.append({"module": mod, "mutant": name, "status": status, "kind": kind_of(diff),
+                                      "diff": diff, "equivalent_because": equivalent.get(name)})
+            per_module[mod] = {**counts, "total": len(by_name), "score": _score(counts)}
+            for k in totals:
+                totals[k] += counts[k]
     explained = sum(1 for s in survivors if s["equivalent_because"])
+    without_equivalent = {**totals, "survived": totals["survived"] + totals["no tests"] - explained, "no tests": 0}
     result = {
         "tool": "mutmut",
         "modules": per_module,
-        "totals": {**totals, "score": round(totals["killed"] / judged, 4) if judged else None,
+        "totals": {**totals, "score": _score(totals),
                    "survivors_explained_equivalent": explained,
                    "survivors_unexplained": len(survivors) - explained},
         "survivors_by_kind": {k: sum(1 for s in survivors if s["kind"] == k) for k in ("code", "message")},
-        "score_if_equivalent_removed": (round(totals["killed"] / (judged - explained), 4)
-                                        if judged - explained > 0 else None),
+        "score_if_equivalent_removed": _score(without_equivalent),
         "survivors": survivors,
         "seconds_this_call": seconds,
         "versions": versions(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_json(out, result)
     return result
 
 
