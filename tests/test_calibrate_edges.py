@@ -1,0 +1,617 @@
+"""Edge cases of feature calibration, checked against hand-written references.
+
+The augmentation, the feature tap, the loss, the optimizer and the whole training loop of
+:mod:`mixq.evoq.calibrate` are each compared with an independent re-implementation of what the module
+documents, on tiny models where every step can be recomputed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import math
+import time
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+import mixq.evoq.calibrate as cal
+from mixq.errors import MixqError
+from mixq.evoq.calibrate import CalibrationConfig, augment_batch, calibrate
+from mixq.quant.model import QuantModel
+from mixq.quant.primitives import FLOAT_BITS, asym_qparams
+from mixq.quant.ranges import get_range_method
+
+# ------------------------------------------------------------------------------------------------
+# augment_batch
+# ------------------------------------------------------------------------------------------------
+
+
+def _reflect(k: torch.Tensor, size: int) -> torch.Tensor:
+    """Source index of padded position ``k`` (relative to the image) under reflect padding."""
+    k = torch.where(k < 0, -k, k)
+    return torch.where(k >= size, 2 * (size - 1) - k, k)
+
+
+def _augment_by_hand(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Shift by (dy - ph, dx - pw) with reflected borders, then flip when rand < 0.5, by index arithmetic."""
+    b, c, h, w = x.shape
+    ph, pw = max(1, h // 8), max(1, w // 8)
+    dy = torch.randint(0, 2 * ph + 1, (b,), generator=gen)
+    dx = torch.randint(0, 2 * pw + 1, (b,), generator=gen)
+    flip = torch.rand(b, generator=gen) < 0.5
+    rows = _reflect(torch.arange(h)[None, :] + dy[:, None] - ph, h)  # (b, h)
+    cols = _reflect(torch.arange(w)[None, :] + dx[:, None] - pw, w)  # (b, w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    bi = torch.arange(b)[:, None, None, None]
+    ci = torch.arange(c)[None, :, None, None]
+    return x[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+@pytest.mark.parametrize("shape", [(8, 3, 16, 24), (8, 2, 8, 8), (6, 1, 8, 12), (6, 1, 12, 8), (5, 2, 9, 17)])
+def test_augment_batch_matches_hand_reference(shape: tuple[int, int, int, int]) -> None:
+    """Pad 1/8 of each side (at least 1), draw dy, dx, flip from ``gen`` in that order, crop and flip."""
+    x = torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape)
+    got = augment_batch(x, torch.Generator().manual_seed(5))
+    want = _augment_by_hand(x, torch.Generator().manual_seed(5))
+    assert got.shape == x.shape
+    assert torch.equal(got, want)
+
+
+def test_augment_batch_draws_only_from_its_generator() -> None:
+    """The global RNG plays no part: reseeding it changes nothing, and the generator advances by 3 draws."""
+    x = torch.randn(16, 2, 16, 16, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        outs.append(augment_batch(x, torch.Generator().manual_seed(9)))
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0], _augment_by_hand(x, torch.Generator().manual_seed(9)))
+
+
+def test_augment_batch_flips_strictly_below_one_half() -> None:
+    """A draw of exactly 0.5 does not flip (``rand < 0.5``); seed 11843 gives 0.5 for image 133 of 1024."""
+    gen = torch.Generator().manual_seed(11843)
+    torch.randint(0, 3, (1024,), generator=gen)
+    torch.randint(0, 3, (1024,), generator=gen)
+    assert float(torch.rand(1024, generator=gen)[133]) == 0.5
+    x = torch.arange(1024 * 64, dtype=torch.float32).reshape(1024, 1, 8, 8)
+    got = augment_batch(x, torch.Generator().manual_seed(11843))
+    assert torch.equal(got, _augment_by_hand(x, torch.Generator().manual_seed(11843)))
+    flipped = torch.stack([got[133, 0, :, 7 - j] for j in range(8)], 1)
+    assert not torch.equal(got[133, 0], flipped)
+
+
+# ------------------------------------------------------------------------------------------------
+# _FeatureTap
+# ------------------------------------------------------------------------------------------------
+
+
+class _Pair(nn.Module):
+    """Returns a tuple (main output, something else), like attention layers."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * 2.0, torch.ones(7)
+
+
+def test_tap_keeps_first_element_of_a_tuple_output() -> None:
+    m = _Pair()
+    tap = cal._FeatureTap([m], ["pair"])
+    x = torch.arange(6.0).reshape(3, 2)
+    m(x)
+    (feat,) = tap.take(3)
+    assert torch.equal(feat, x * 2.0)
+    tap.close()
+    assert not m._forward_hooks
+
+
+def test_tap_concatenates_calls_and_fills_uncalled_layers() -> None:
+    """Two calls of a layer are concatenated along the feature axis; a layer not called gives (n, 0)."""
+    a, b = nn.Identity(), nn.Identity()
+    tap = cal._FeatureTap([a, b], ["a", "b"])
+    x1 = torch.arange(6.0).reshape(3, 2)
+    x2 = torch.arange(6.0, 15.0).reshape(3, 3)
+    a(x1)
+    a(x2)
+    fa, fb = tap.take(3)
+    assert torch.equal(fa, torch.tensor([[0.0, 1, 6, 7, 8], [2, 3, 9, 10, 11], [4, 5, 12, 13, 14]]))
+    assert fb.shape == (3, 0) and fb.dtype == torch.float32
+    # forgotten after take
+    fa2, fb2 = tap.take(3)
+    assert fa2.shape == (3, 0) and fb2.shape == (3, 0)
+    tap.close()
+
+
+def test_tap_with_fewer_names_than_layers_is_an_error() -> None:
+    a, b = nn.Identity(), nn.Identity()
+    tap = cal._FeatureTap([a, b], ["a"])
+    a(torch.zeros(2, 1))
+    with pytest.raises(ValueError) as excinfo:
+        tap.take(2)
+    assert excinfo.type is ValueError
+    tap.close()
+
+
+def test_per_sample_batch_first_and_one_dimensional() -> None:
+    out = torch.arange(4.0)
+    assert torch.equal(cal._FeatureTap._per_sample(out, 4, "l"), out.reshape(4, 1))
+    out3 = torch.arange(24.0).reshape(2, 3, 4)
+    assert torch.equal(cal._FeatureTap._per_sample(out3, 2, "l"), out3.reshape(2, 12))
+
+
+def test_per_sample_sequence_first_outputs_are_transposed() -> None:
+    """(L, n, E) -> (n, L * E) with sample b's rows out[0, b], out[1, b], ...; (L, n) -> (n, L)."""
+    out = torch.arange(30.0).reshape(3, 2, 5)  # L=3, n=2, E=5
+    want = torch.stack([torch.cat([out[t, b] for t in range(3)]) for b in range(2)])
+    assert torch.equal(cal._FeatureTap._per_sample(out, 2, "l"), want)
+    out2 = torch.arange(6.0).reshape(3, 2)
+    assert torch.equal(cal._FeatureTap._per_sample(out2, 2, "l"), torch.tensor([[0.0, 2, 4], [1, 3, 5]]))
+
+
+@pytest.mark.parametrize(("shape", "n"), [((3, 4), 2), ((5,), 7), ((3, 5, 2), 2)])
+def test_per_sample_without_batch_axis_raises(shape: tuple[int, ...], n: int) -> None:
+    """Only axis 0 or 1 can be the batch axis."""
+    with pytest.raises(MixqError) as excinfo:
+        cal._FeatureTap._per_sample(torch.zeros(shape), n, "blk.fc")
+    assert str(excinfo.value) == (f"layer 'blk.fc' output {shape} has no batch axis of size {n}: calibrate "
+                                  "with features='output'")
+
+
+# ------------------------------------------------------------------------------------------------
+# _loss
+# ------------------------------------------------------------------------------------------------
+
+
+def _cfg(**kw: Any) -> CalibrationConfig:
+    base: dict[str, Any] = {"epochs": 2, "learn_scale": False, "augment": False, "schedule": "constant"}
+    return CalibrationConfig(**{**base, **kw})
+
+
+def test_loss_by_hand_skips_empty_features_and_keeps_single_elements() -> None:
+    logits = torch.tensor([[1.0, 2.0, 0.0], [0.5, -1.0, 3.0]])
+    t_logits = torch.tensor([[0.0, 2.0, 1.0], [0.5, 1.0, 3.0]])  # squared errors 1, 0, 1, 0, 4, 0
+    f1, t1 = torch.tensor([[1.0, 3.0], [2.0, 2.0]]), torch.tensor([[0.0, 1.0], [2.0, 0.0]])  # 1, 4, 0, 4
+    f2, t2 = torch.zeros(2, 0), torch.zeros(2, 0)
+    f3, t3 = torch.tensor([[5.0]]), torch.tensor([[2.0]])  # 9
+    loss = cal._loss(logits, [f1, f2, f3], t_logits, [t1, t2, t3], [2.0, 1.0, 3.0], _cfg(alpha=0.5, beta=4.0))
+    want = 0.5 * (6.0 / 6) + 4.0 * ((9.0 / 4) / 2.0 + 9.0 / 3.0) / 2
+    assert float(loss) == pytest.approx(want, rel=1e-6)
+
+
+def test_loss_with_only_empty_features_is_the_logit_term() -> None:
+    logits, t_logits = torch.ones(2, 2), torch.zeros(2, 2)
+    loss = cal._loss(logits, [torch.zeros(2, 0)], t_logits, [torch.zeros(2, 0)], [1.0], _cfg(alpha=2.0))
+    assert float(loss) == 2.0
+
+
+def test_loss_with_beta_zero_ignores_features_entirely() -> None:
+    """beta = 0: the feature lists are not even looked at (mismatched shapes do not raise)."""
+    logits, t_logits = torch.full((2, 2), 3.0), torch.ones(2, 2)
+    loss = cal._loss(logits, [torch.zeros(2, 3)], t_logits, [torch.zeros(2, 4)], [1.0],
+                     _cfg(alpha=1.0, beta=0.0, features="output"))
+    assert float(loss) == 4.0
+
+
+def test_loss_feature_shape_mismatch_message() -> None:
+    with pytest.raises(MixqError) as excinfo:
+        cal._loss(torch.zeros(2, 2), [torch.zeros(2, 4)], torch.zeros(2, 2), [torch.zeros(2, 3)], [1.0], _cfg())
+    assert str(excinfo.value) == ("a layer's features differ between the float and the quantized model "
+                                  "((2, 3) vs (2, 4)): a data-dependent branch? Calibrate with features='output'")
+
+
+def test_loss_feature_lists_of_different_lengths_are_an_error() -> None:
+    f = [torch.zeros(2, 3), torch.ones(2, 3)]
+    with pytest.raises(ValueError) as excinfo:
+        cal._loss(torch.zeros(2, 2), f, torch.zeros(2, 2), f[:1], [1.0, 1.0], _cfg())
+    assert excinfo.type is ValueError
+
+
+# ------------------------------------------------------------------------------------------------
+# _make_optimizer
+# ------------------------------------------------------------------------------------------------
+
+
+def test_make_optimizer_sgd_constant() -> None:
+    p = [nn.Parameter(torch.zeros(3))]
+    opt, sched = cal._make_optimizer(p, _cfg(optimizer="sgd", lr=0.02, momentum=0.5, weight_decay=0.01))
+    assert type(opt) is torch.optim.SGD
+    group = opt.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.02, 0.5, 0.01)
+    assert group["params"] == p
+    assert sched is None
+
+
+def test_make_optimizer_adam_cosine() -> None:
+    p = [nn.Parameter(torch.zeros(3))]
+    opt, sched = cal._make_optimizer(p, _cfg(optimizer="adam", lr=0.03, weight_decay=0.002, schedule="cosine",
+                                             epochs=7))
+    assert type(opt) is torch.optim.Adam
+    group = opt.param_groups[0]
+    assert (group["lr"], group["weight_decay"]) == (0.03, 0.002)
+    assert isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR)
+    assert sched.T_max == 7
+
+
+# ------------------------------------------------------------------------------------------------
+# small models
+# ------------------------------------------------------------------------------------------------
+
+
+def _conv_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 5),
+    )
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.2, 0.2)
+        model[1].running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _conv_setup(n: int = 10) -> tuple[QuantModel, torch.Tensor]:
+    x = torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    qm = QuantModel(_conv_model(), calib=x)
+    qm.set_bits({"0": 4, "3": 3, "7": 3})
+    return qm, x
+
+
+class _Branchy(nn.Module):
+    """``b`` is only used for batches of more than 2 samples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 3)
+        self.b = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        if x.shape[0] > 2:
+            y = y + self.b(x)
+        return y
+
+
+class _Repeat(nn.Module):
+    """``a`` is called twice for batches of more than 2 samples, once otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        if x.shape[0] > 2:
+            y = self.a(y)
+        return y
+
+
+class _NoBatchAxis(nn.Module):
+    """Layer ``c`` runs on a constant (7, 4) buffer: its output has no batch axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.c = nn.Linear(4, 6)
+        self.register_buffer("const", torch.randn(7, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean((2, 3)) + self.c(self.const).mean()
+
+
+def _quant(model: nn.Module, bits: int = 4) -> QuantModel:
+    torch.manual_seed(0)
+    qm = QuantModel(model, act_bits=32)
+    qm.set_bits(bits)
+    return qm
+
+
+# ------------------------------------------------------------------------------------------------
+# a hand-written calibration loop
+# ------------------------------------------------------------------------------------------------
+
+
+def _run(model: QuantModel, xb: torch.Tensor, float_mode: bool, feats: bool) -> tuple[torch.Tensor, list]:
+    """Logits and, when ``feats``, each quantized layer's output flattened per sample."""
+    store: dict[str, torch.Tensor] = {}
+    hooks = [model.layers[k].register_forward_hook(lambda _m, _a, o, k=k: store.__setitem__(k, o))
+             for k in model.layer_names] if feats else []
+    try:
+        with model.float_mode() if float_mode else contextlib.nullcontext():
+            out = model(xb)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, [store[k].reshape(xb.shape[0], -1) for k in model.layer_names] if feats else []
+
+
+def _formula(out: torch.Tensor, feats: list, tl: torch.Tensor, tf: list, scales: list[float],
+             cfg: CalibrationConfig) -> torch.Tensor:
+    """alpha * MSE(logits) + beta * mean over layers of MSE(feature) / scale."""
+    loss = cfg.alpha * ((out - tl) ** 2).mean()
+    if feats:
+        loss = loss + cfg.beta * sum(((f - t) ** 2).mean() / s for f, t, s in zip(feats, tf, scales)) / len(feats)
+    return loss
+
+
+def _targets(qm: QuantModel, x: torch.Tensor, cfg: CalibrationConfig) -> tuple[torch.Tensor, list, list[float]]:
+    """The float model's logits and features, run in batches of ``batch_size`` like the student's."""
+    use_feats = cfg.features == "layers" and cfg.beta > 0
+    bs = min(cfg.batch_size, x.shape[0])
+    with torch.no_grad():
+        runs = [_run(qm, x[i:i + bs], True, use_feats) for i in range(0, x.shape[0], bs)]
+    t_logits = torch.cat([r[0] for r in runs])
+    t_feats = [torch.cat([r[1][k] for r in runs]) for k in range(len(runs[0][1]))]
+    scales = [float((f ** 2).mean()) if cfg.normalize_features else 1.0 for f in t_feats]
+    return t_logits, t_feats, scales
+
+
+def _dataset_loss_by_hand(qm: QuantModel, x: torch.Tensor, targets: tuple, cfg: CalibrationConfig) -> float:
+    """The loss over all samples at once (equal to the sample-weighted mean of the batch losses)."""
+    t_logits, t_feats, scales = targets
+    bs = min(cfg.batch_size, x.shape[0])
+    with torch.no_grad():
+        runs = [_run(qm, x[i:i + bs], False, bool(t_feats)) for i in range(0, x.shape[0], bs)]
+    out = torch.cat([r[0] for r in runs])
+    feats = [torch.cat([r[1][k] for r in runs]) for k in range(len(t_feats))]
+    return float(_formula(out, feats, t_logits, t_feats, scales, cfg))
+
+
+def _calibrate_by_hand(qm: QuantModel, x: torch.Tensor, cfg: CalibrationConfig) -> list[float]:
+    """Algorithm 2 as documented: shuffled batches, augmented views with a frozen float teacher, Adam/SGD."""
+    n = x.shape[0]
+    bs = min(cfg.batch_size, n)
+    layers = [qm.layers[k] for k in qm.layer_names]
+    use_feats = cfg.features == "layers" and cfg.beta > 0
+    teacher = copy.deepcopy(qm) if cfg.augment else None
+    t_logits, t_feats, scales = _targets(qm, x, cfg)
+    params = [m.weight for m in layers]
+    if cfg.train_bias:
+        params += [m.bias for m in layers if m.bias is not None]
+    if cfg.learn_scale:
+        params += [m.weight_quantizer.freeze_grid(m.weight, method=cfg.grid_init) for m in layers
+                   if m.weight_quantizer.bits != FLOAT_BITS]
+    for p in params:
+        p.requires_grad_(True)
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                                     weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history = []
+    for epoch in range(cfg.epochs):
+        lr = cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2 if cfg.schedule == "cosine" else cfg.lr
+        for g in opt.param_groups:
+            g["lr"] = lr
+        order = torch.randperm(n, generator=gen) if bs < n else torch.arange(n)
+        total = 0.0
+        for i in range(0, n, bs):
+            idx = order[i:i + bs]
+            if teacher is not None:
+                xb = _augment_by_hand(x[idx], gen)
+                with torch.no_grad():
+                    tl, tf = _run(teacher, xb, True, use_feats)
+            else:
+                xb, tl, tf = x[idx], t_logits[idx], [f[idx] for f in t_feats]
+            out, feats = _run(qm, xb, False, use_feats)
+            loss = _formula(out, feats, tl, tf, scales, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        history.append(total / n)
+    for p in params:
+        p.requires_grad_(False)
+        p.grad = None
+    return history
+
+
+def _state(qm: QuantModel) -> list[torch.Tensor]:
+    out = []
+    for m in qm.layers.values():
+        out.append(m.weight.detach().clone())
+        if m.bias is not None:
+            out.append(m.bias.detach().clone())
+        out += [g[0].detach().clone() for g in m.weight_quantizer.grids.values()]
+    return out
+
+
+def _compare_with_hand_loop(qm: QuantModel, x: torch.Tensor, cfg: CalibrationConfig) -> cal.CalibrationResult:
+    other = copy.deepcopy(qm)
+    before = _state(qm)
+    targets = _targets(qm, x, cfg)
+    initial = _dataset_loss_by_hand(qm, x, targets, cfg)
+    result = calibrate(qm, x, cfg, progress=False)
+    history = _calibrate_by_hand(other, x, cfg)
+    assert result.history == pytest.approx(history, rel=1e-4, abs=1e-7)
+    got, want = _state(qm), _state(other)
+    assert len(got) == len(want)
+    for a, b, w0 in zip(got, want, before + [None] * (len(got) - len(before)), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        if w0 is not None and w0.shape == a.shape and w0.numel() > 1:
+            assert not torch.equal(a, w0)  # every weight and bias was trained
+    assert result.initial_loss == pytest.approx(initial, rel=1e-5)
+    assert result.final_loss == pytest.approx(_dataset_loss_by_hand(qm, x, targets, cfg), rel=1e-5)
+    assert not any(p.requires_grad for p in qm.parameters())
+    return result
+
+
+def test_shuffled_batches_match_the_hand_loop() -> None:
+    """n=10 in batches of 4 (4, 4, 2), shuffled by the seeded generator, features and biases trained."""
+    qm, x = _conv_setup(10)
+    cfg = CalibrationConfig(epochs=3, lr=1e-3, batch_size=4, learn_scale=False, augment=False, schedule="constant",
+                            seed=4)
+    torch.manual_seed(123)
+    _compare_with_hand_loop(qm, x, cfg)
+
+
+def test_augmented_full_batch_with_learned_scale_matches_the_hand_loop() -> None:
+    """batch_size >= n: one unshuffled batch per epoch, so the generator feeds the augmentation alone."""
+    qm, x = _conv_setup(10)
+    cfg = CalibrationConfig(epochs=3, lr=1e-3, batch_size=16, augment=True, schedule="cosine", seed=2)
+    _compare_with_hand_loop(qm, x, cfg)
+
+
+def test_augmented_sgd_batches_match_the_hand_loop() -> None:
+    qm, x = _conv_setup(10)
+    cfg = CalibrationConfig(epochs=2, lr=1e-2, optimizer="sgd", momentum=0.8, weight_decay=1e-3, batch_size=10,
+                            augment=True, learn_scale=False, schedule="constant", normalize_features=False, seed=1,
+                            alpha=0.5, beta=2.0)
+    _compare_with_hand_loop(qm, x, cfg)
+
+
+def test_layer_skipped_by_a_batch_gets_no_adam_step() -> None:
+    """Gradients are reset to None: a layer unused by the short batch is not moved by Adam's momentum."""
+    qm = _quant(_Branchy())
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(3))  # 2-D inputs are accepted
+    cfg = CalibrationConfig(epochs=3, lr=1e-2, batch_size=3, features="output", learn_scale=False, augment=False,
+                            schedule="constant", seed=0)
+    _compare_with_hand_loop(qm, x, cfg)
+
+
+def test_learned_grid_starts_from_grid_init() -> None:
+    """grid_init='omse' on a min/max model: the frozen grid is OMSE's for the initial weight (lr ~ 0)."""
+    qm, x = _conv_setup(6)
+    w0 = {k: m.weight.detach().clone() for k, m in qm.layers.items()}
+    calibrate(qm, x, CalibrationConfig(epochs=1, lr=1e-12, augment=False, grid_init="omse"), progress=False)
+    for k, m in qm.layers.items():
+        bits = m.weight_quantizer.bits
+        scale, zp = m.weight_quantizer.grids[bits]
+        omse_scale, omse_zp = asym_qparams(*get_range_method("omse")(w0[k], bits, 0), bits)
+        minmax_scale, _ = asym_qparams(*get_range_method("minmax")(w0[k], bits, 0), bits)
+        torch.testing.assert_close(scale, omse_scale, rtol=1e-6, atol=1e-9)
+        assert torch.equal(zp, omse_zp)
+        assert not torch.allclose(scale, minmax_scale, rtol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------
+# feature taps in calibrate: when they exist and what they report
+# ------------------------------------------------------------------------------------------------
+
+
+def test_layer_without_batch_axis_message() -> None:
+    qm = _quant(_NoBatchAxis())
+    x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(MixqError) as excinfo:
+        calibrate(qm, x, CalibrationConfig(epochs=1, augment=False), progress=False)
+    assert str(excinfo.value) == ("layer 'c' output (7, 6) has no batch axis of size 5: calibrate "
+                                  "with features='output'")
+    assert all(not m._forward_hooks for m in qm.layers.values())
+
+
+@pytest.mark.parametrize("kwargs", [{"features": "output", "augment": True}, {"features": "layers", "beta": 0.0},
+                                    {"features": "output", "augment": False}])
+def test_no_feature_tap_without_a_feature_term(kwargs: dict[str, Any]) -> None:
+    """features='output' or beta=0: layer outputs are never tapped, so a layer without batch axis is fine."""
+    qm = _quant(_NoBatchAxis())
+    x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    result = calibrate(qm, x, CalibrationConfig(epochs=2, learn_scale=False, seed=0, **kwargs), progress=False)
+    assert len(result.history) == 2 and math.isfinite(result.final_loss)
+
+
+def test_beta_zero_does_not_tap_a_layer_called_a_varying_number_of_times() -> None:
+    qm = _quant(_Repeat())
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    result = calibrate(qm, x, CalibrationConfig(epochs=1, batch_size=3, beta=0.0, augment=False), progress=False)
+    assert math.isfinite(result.final_loss)
+
+
+def test_layer_called_a_varying_number_of_times_message() -> None:
+    qm = _quant(_Repeat())
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(MixqError) as excinfo:
+        calibrate(qm, x, CalibrationConfig(epochs=1, batch_size=3, augment=False), progress=False)
+    assert str(excinfo.value) == ("a layer is called a different number of times for different calibration "
+                                  "batches (a data-dependent branch): calibrate with features='output'")
+
+
+def test_teacher_targets_tap_over_other_layers_is_an_error() -> None:
+    """A tap must cover exactly the model's quantized layers: an extra tapped module is not dropped silently."""
+    qm, x = _conv_setup(4)
+    layers = [qm.layers[k] for k in qm.layer_names] + [nn.Identity()]
+    tap = cal._FeatureTap(layers, [*qm.layer_names, "extra"])
+    try:
+        with pytest.raises(ValueError) as excinfo:
+            cal._teacher_targets(qm, x, 4, tap, CalibrationConfig())
+        assert excinfo.type is ValueError
+    finally:
+        tap.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# calibrate: inputs, progress bar, timing
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(5), [[0.0, 1.0]], torch.zeros(0, 4)])
+def test_calibration_data_shape_message(bad: Any) -> None:
+    qm = _quant(_Branchy())
+    with pytest.raises(MixqError) as excinfo:
+        calibrate(qm, bad, _cfg(), progress=False)
+    assert str(excinfo.value) == "calibration data must be a non-empty tensor (N, C, H, W)"
+
+
+def test_calibration_data_dtype_and_model_messages() -> None:
+    qm = _quant(_Branchy())
+    with pytest.raises(MixqError) as excinfo:
+        calibrate(qm, torch.zeros(4, 4, dtype=torch.uint8), _cfg(), progress=False)
+    assert str(excinfo.value) == "calibration data must be float (normalised), got dtype torch.uint8"
+    with pytest.raises(MixqError) as excinfo:
+        calibrate(nn.Linear(4, 3), torch.zeros(4, 4), _cfg(), progress=False)  # type: ignore[arg-type]
+    assert str(excinfo.value) == "calibrate needs a QuantModel, got Linear"
+
+
+def test_empty_loss_message() -> None:
+    with pytest.raises(MixqError) as excinfo:
+        CalibrationConfig(alpha=0, beta=0)
+    assert str(excinfo.value) == "calibration loss is empty: alpha is 0 and there is no feature term"
+
+
+def _spy_progress(monkeypatch: pytest.MonkeyPatch) -> tuple[list[dict[str, Any]], io.StringIO]:
+    calls: list[dict[str, Any]] = []
+    buf = io.StringIO()
+
+    def spy(iterable: Any = None, *, enabled: bool = True, **kwargs: Any) -> tqdm:
+        calls.append({"enabled": enabled, **kwargs})
+        return tqdm(iterable, file=buf, disable=False, mininterval=0, **kwargs)
+
+    monkeypatch.setattr(cal, "progress_bar", spy)
+    return calls, buf
+
+
+def test_progress_bar_is_on_by_default_and_shows_the_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls, buf = _spy_progress(monkeypatch)
+    qm = _quant(_Branchy())
+    x = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    result = calibrate(qm, x, _cfg(epochs=3, features="output"))
+    assert calls == [{"enabled": True, "desc": "calibrate", "leave": False}]
+    text = buf.getvalue()
+    assert "calibrate: " in text
+    for h in result.history:
+        assert f"loss={h:.4g}]" in text
+
+
+def test_progress_false_disables_the_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls, _ = _spy_progress(monkeypatch)
+    qm = _quant(_Branchy())
+    calibrate(qm, torch.randn(4, 4), _cfg(features="output"), progress=False)
+    assert calls == [{"enabled": False, "desc": "calibrate", "leave": False}]
+
+
+def test_seconds_is_the_wall_time_of_the_call() -> None:
+    qm = _quant(_Branchy())
+    x = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    t0 = time.perf_counter()
+    result = calibrate(qm, x, _cfg(features="output"), progress=False)
+    elapsed = time.perf_counter() - t0
+    assert 0 < result.seconds <= elapsed
