@@ -373,8 +373,9 @@ def test_synflow_scores_unused_layers_zero(dead) -> None:
     np.testing.assert_allclose(stats.values["saliency"], want, rtol=1e-12, atol=0)
 
 
-def test_synflow_input_is_on_the_batch_device(monkeypatch) -> None:
-    """SynFlow's all-ones input is made on the device of ``x`` (meta here)."""
+@pytest.mark.parametrize("name", ["synflow", "qe"])
+def test_generated_input_is_on_the_batch_device(name: str) -> None:
+    """SynFlow's all-ones input and QE's Gaussian input are made on the device of ``x`` (meta here)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3)).to("meta")
     seen = []
@@ -385,7 +386,7 @@ def test_synflow_input_is_on_the_batch_device(monkeypatch) -> None:
 
     model.register_forward_pre_hook(pre)
     with pytest.raises(_Stop):
-        get_proxy("synflow").statistics(model, ["0"], torch.empty(2, 4, device="meta"))
+        get_proxy(name).statistics(model, ["0"], torch.empty(2, 4, device="meta"))
     assert seen == ["meta"]
 
 
@@ -520,21 +521,6 @@ def test_qe_output_std_keys_and_constant_layer() -> None:
     assert stats.values["output_std"].dtype == np.float64
     assert stats.gains[0].tolist() == [0.0] * len(BITS)
     assert np.all(np.diff(stats.gains[1]) > 0)
-
-
-def test_qe_gaussian_input_is_on_the_batch_device() -> None:
-    """QE's Gaussian input is moved to the device of ``x`` (meta here)."""
-    model = nn.Sequential(nn.Linear(4, 3)).to("meta")
-    seen = []
-
-    def pre(mod, args):
-        seen.append(args[0].device.type)
-        raise _Stop
-
-    model.register_forward_pre_hook(pre)
-    with pytest.raises(_Stop):
-        get_proxy("qe").statistics(model, ["0"], torch.empty(2, 4, device="meta"))
-    assert seen == ["meta"]
 
 
 # -- size / BOPs -------------------------------------------------------------------------------------------
