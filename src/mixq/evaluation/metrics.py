@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 import torch
@@ -60,7 +61,10 @@ def accuracy(
         Top-1 accuracy in percent.
     """
     correct = seen = 0
+    device = next((t.device for t in itertools.chain(model.parameters(), model.buffers())), None)
     for x, y in progress_bar(batches, total=total, enabled=progress, desc=desc, leave=False):
+        if device is not None and x.device != device:  # batches come from CPU data; the model may be on a GPU
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         out = model(x)
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != y.shape[0]:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

@@ -76,6 +76,21 @@ class WeightQuantizer(nn.Module):
         self.grids = dict(grids)
         self._cache.clear()
 
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
+        """``.to()`` / ``.cuda()`` move the frozen grids too (they are plain tensors, not buffers)."""
+        super()._apply(fn, recurse)
+        moved = {}
+        with torch.no_grad():
+            for b, (scale, zp) in self.grids.items():
+                new_scale = fn(scale)
+                if new_scale is not scale and scale.requires_grad:
+                    new_scale.requires_grad_(True)
+                moved[b] = (new_scale, fn(zp))
+        self.grids = moved
+        self._cache.clear()
+        self._cache_key = None
+        return self
+
     def _quantize(self, w: torch.Tensor) -> torch.Tensor:
         grid = self.grids.get(self.bits)
         if grid is None:
@@ -168,8 +183,9 @@ class ActQuantizer(nn.Module):
         self.observing = False
         self.register_buffer("min_val", torch.tensor(float("inf")))
         self.register_buffer("max_val", torch.tensor(float("-inf")))
-        # bits -> (scale, zero_point int32, 1 / scale, zero_point as float)
+        # bits -> (scale, zero_point int32, 1 / scale, zero_point as float), valid for the range of _qkey
         self._qparams: dict[int, tuple[torch.Tensor, ...]] = {}
+        self._qkey: tuple[int, ...] | None = None
 
     def reset(self) -> None:
         """Forget the observed range."""
@@ -212,6 +228,11 @@ class ActQuantizer(nn.Module):
             return x
         if self.bits == FLOAT_BITS:
             return x
+        # the cached grids hold while min/max are neither changed in place (load_state_dict, copy_) nor moved
+        key = (self.min_val.data_ptr(), self.min_val._version, self.max_val.data_ptr(), self.max_val._version)
+        if key != self._qkey:
+            self._qparams.clear()
+            self._qkey = key
         qp = self._qparams.get(self.bits)
         if qp is None:
             scale, zp = self.qparams()
