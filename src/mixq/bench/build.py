@@ -33,6 +33,7 @@ from mixq.bench.store import MQBench, utc_now
 from mixq.errors import MixqError
 from mixq.evaluation.metrics import accuracy
 from mixq.evaluation.task import Task, load_task
+from mixq.executor import Executor, SerialExecutor
 from mixq.fileio import locked
 from mixq.models import get_model_spec, sha256_file
 from mixq.progress import progress_bar
@@ -97,6 +98,14 @@ def _evaluate(qm: QuantModel, task: Task, bits: Sequence[int], batch_size: int) 
     qm.set_bits_tuple(tuple(bits))
     with torch.inference_mode():
         return accuracy(qm, _channels_last(task.test_batches(batch_size)), progress=False)
+
+
+def _label_item(state: tuple[QuantModel, Task, int], bits: tuple[int, ...]) -> tuple[float, float]:
+    """One work item of a build, run on a worker: ``(top-1, seconds)`` of configuration ``bits``."""
+    qm, task, batch_size = state
+    t0 = time.perf_counter()
+    top1 = _evaluate(qm, task, bits, batch_size)
+    return top1, time.perf_counter() - t0
 
 
 def _settings(
@@ -166,6 +175,7 @@ def build_benchmark(
     checkpoint: str | os.PathLike | None = None,
     batch_size: int = 500,
     shard: tuple[int, int] = (0, 1),
+    executor: Executor | None = None,
 ) -> MQBench:
     """Create or resume a benchmark file and label every sampled configuration.
 
@@ -188,6 +198,11 @@ def build_benchmark(
             processes on one file with ``(0, n) .. (n-1, n)`` (e.g. one thread each: on a 2-core CPU two
             single-threaded shards label 1.2x faster than one two-threaded build); rerun a shard, or an
             unsharded build, to finish what a killed shard left.
+        executor: where configurations are evaluated (default: a :class:`~mixq.executor.SerialExecutor`
+            in this process). With a Ray executor the quantized model and the test images go into the
+            object store once and a pool of actors labels configurations in parallel; this process alone
+            writes the file, so labels never clash, and a worker lost mid-build costs only its unfinished
+            configurations. Labels equal the serial ones (same model, same images, same order of sums).
 
     Returns:
         The open benchmark, holding all ``n`` configurations.
@@ -243,7 +258,7 @@ def build_benchmark(
                                  pinned_bits=pinned_bits)
         _label_pending(bench, qm, task, configs, n, shard, batch_size,
                        desc=f"bench {model}" + (f" shard {shard[0]}/{shard[1]}" if shard[1] > 1 else ""),
-                       progress=progress)
+                       progress=progress, executor=executor or SerialExecutor())
     except BaseException:
         bench.close()
         raise
@@ -267,28 +282,29 @@ def _check_arguments(n: int, seed: int, mode: str, samples: int, batch_size: int
 
 
 def _label_pending(bench: MQBench, qm: QuantModel, task: Task, configs: list[tuple[int, ...]], n: int,
-                   shard: tuple[int, int], batch_size: int, desc: str, progress: bool) -> None:
-    """Label this shard's configurations that the file does not hold yet, committing each at once."""
+                   shard: tuple[int, int], batch_size: int, desc: str, progress: bool,
+                   executor: Executor) -> None:
+    """Label this shard's configurations that the file does not hold yet, committing each as it arrives."""
     i_shard, n_shards = shard
     pending = bench.pending(configs)
     mine = set(configs[i_shard::n_shards])  # by position in the sampled list: shards never overlap
     todo = [c for c in pending if c in mine]
     bar = progress_bar(total=n - len(pending) + len(todo), initial=n - len(pending), enabled=progress,
                        desc=desc, unit="cfg")
+
+    def record(i: int, result: tuple[float, float]) -> None:  # in this process only: the one writer
+        bits, (top1, seconds) = todo[i], result
+        config = dict(zip(qm.layer_names, bits, strict=True))
+        with bench_lock(bench.path):  # held for the check and the append only
+            if bits not in bench:  # another process may have labelled it while this one was evaluating
+                bench.add(bits, top1, avg_bits=qm.avg_bits(config), size_mb=qm.size_mb(config), seconds=seconds)
+        bar.update(1)
+        bar.set_postfix(top1=f"{top1:.2f}")
+
     try:
-        for bits in todo:
-            if bits in bench:  # labelled meanwhile by another process
-                bar.update(1)
-                continue
-            t0 = time.perf_counter()
-            top1 = _evaluate(qm, task, bits, batch_size)
-            seconds = time.perf_counter() - t0
-            config = dict(zip(qm.layer_names, bits, strict=True))
-            with bench_lock(bench.path):  # held for the check and the append only
-                if bits not in bench:  # another process may have labelled it while this one was evaluating
-                    bench.add(bits, top1, avg_bits=qm.avg_bits(config), size_mb=qm.size_mb(config), seconds=seconds)
-            bar.update(1)
-            bar.set_postfix(top1=f"{top1:.2f}")
+        if todo:
+            with executor.session((qm, task, batch_size)) as session:
+                session.map(_label_item, todo, on_result=record)
     finally:
         bar.close()
 
