@@ -30,3 +30,14 @@ def _top1_by_hand(model, task) -> float:
 def top1_by_hand():
     """A function ``(model, task) -> top-1 %`` that CLI tests use to recompute a reported accuracy."""
     return _top1_by_hand
+
+
+@pytest.fixture(scope="session")
+def ray_executor():
+    """One local Ray instance with a pool of 2 actors for every Ray test of the run (it takes seconds to start)."""
+    pytest.importorskip("ray", reason="the Ray extra is not installed (pip install 'mixq[ray]')")
+    from mixq.executor import make_executor
+
+    ex = make_executor("ray", workers=2)
+    yield ex
+    ex.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sqlite3
 
 import numpy as np
@@ -18,6 +20,7 @@ from mixq.cli.bench import add_commands as add_bench_commands
 from mixq.data import ImageSet
 from mixq.errors import MixqError
 from mixq.evaluation.task import Task
+from mixq.executor import Executor, SerialExecutor
 from mixq.quant.model import QuantModel
 
 NAMES = [f"l{i}" for i in range(10)]
@@ -322,6 +325,34 @@ def test_cli_build_info_export_query(tmp_path, tiny, capsys):
         _run(["bench", "query", path, "--config", str(cfg)])
 
 
+def test_cli_build_passes_the_executor_options_and_records_them(tmp_path, tiny, monkeypatch, capsys):
+    import mixq.cli.common as common
+
+    asked: list[tuple] = []
+
+    def fake_make_executor(name, workers=None, address=None, device="cpu"):
+        asked.append((name, workers, address, device))
+        ex = SerialExecutor()
+        ex.name, ex.workers = "fake-" + name, workers  # what the file records comes from the executor used
+        return ex
+
+    monkeypatch.setattr(common, "make_executor", fake_make_executor)
+    path = str(tmp_path / "e.mqbench")
+    argv = ["bench", "build", path, "--model", "tiny", "-n", "2", "--samples", "8", "--no-progress",
+            "--executor", "ray", "--workers", "3", "--address", "auto", "--device", "cpu"]
+    assert _run(argv) == 0
+    assert asked == [("ray", 3, "auto", "cpu")]
+    with MQBench.open(path, readonly=True) as bench:
+        assert bench.meta["sessions"][-1]["executor"] == {"executor": "fake-ray", "workers": 3}
+
+
+def test_cli_build_refuses_ray_options_without_ray(tmp_path, tiny):
+    argv = ["bench", "build", str(tmp_path / "x.mqbench"), "--model", "tiny", "-n", "2", "--workers", "2"]
+    with pytest.raises(MixqError, match=r"^--workers and --address need --executor ray"):
+        _run(argv)
+    assert not (tmp_path / "x.mqbench").exists()
+
+
 def test_shards_split_the_work_and_match_a_single_build(tmp_path, tiny):
     path = tmp_path / "sh.mqbench"
     build_benchmark(path, "tiny", n=7, samples=8, progress=False, shard=(0, 2)).close()
@@ -333,3 +364,57 @@ def test_shards_split_the_work_and_match_a_single_build(tmp_path, tiny):
         assert sharded == {e.bits_tuple: e.top1 for e in one.entries()}
     with pytest.raises(MixqError, match="shard"):
         build_benchmark(path, "tiny", n=7, samples=8, progress=False, shard=(2, 2))
+
+
+# -- building through an executor -------------------------------------------------------------------
+class _KillFirstActorAfterOneResult(Executor):
+    """Wraps the Ray executor: once the first label of a build arrives, SIGKILLs one of the pool's actors."""
+
+    name = "ray"
+
+    def __init__(self, inner: Executor) -> None:
+        self.inner, self.workers = inner, inner.workers
+        self.sessions: list = []
+
+    def session(self, state):
+        pool = self.inner.session(state)
+        self.sessions.append(pool)
+        victim = pool.pids()[0]
+        real_map = pool.map
+
+        def map_killing(fn, items, on_result=None, **kw):
+            def first_kills(i, r):
+                if not self.killed:
+                    self.killed.append(victim)
+                    os.kill(victim, signal.SIGKILL)
+                on_result(i, r)
+            return real_map(fn, items, on_result=first_kills, **kw)
+
+        self.killed: list[int] = []
+        pool.map = map_killing
+        return pool
+
+
+def test_ray_build_equals_serial_and_records_the_executor(tmp_path, tiny, ray_executor):
+    with build_benchmark(tmp_path / "s.mqbench", "tiny", n=8, samples=8, progress=False) as serial:
+        expected = {e.bits_tuple: e.top1 for e in serial.entries()}
+        assert serial.meta["sessions"][0]["executor"] == {"executor": "serial", "workers": 1}
+    with build_benchmark(tmp_path / "r.mqbench", "tiny", n=8, samples=8, progress=False,
+                         executor=ray_executor) as bench:
+        assert {e.bits_tuple: e.top1 for e in bench.entries()} == expected
+        assert len(bench) == 8  # (entries are stored in the order labels arrive, not necessarily sampling order)
+        assert bench.meta["sessions"][0]["executor"]["executor"] == "ray"
+        assert bench.meta["sessions"][0]["executor"]["workers"] == 2
+
+
+def test_ray_build_with_a_killed_actor_loses_nothing_and_records_nothing_twice(tmp_path, tiny, ray_executor):
+    with build_benchmark(tmp_path / "s.mqbench", "tiny", n=10, samples=8, progress=False) as serial:
+        expected = {e.bits_tuple: e.top1 for e in serial.entries()}
+    killer = _KillFirstActorAfterOneResult(ray_executor)
+    with build_benchmark(tmp_path / "k.mqbench", "tiny", n=10, samples=8, progress=False, executor=killer) as bench:
+        got = [(e.bits_tuple, e.top1) for e in bench.entries()]
+    assert len(killer.killed) == 1 and killer.sessions[0].replaced == 1
+    assert len(got) == 10 and dict(got) == expected  # every configuration once, with the serial label
+    with sqlite3.connect(tmp_path / "k.mqbench") as con:  # and nothing twice in the file itself
+        rows = con.execute("SELECT COUNT(*) FROM configs").fetchone()[0]
+    assert rows == 10

@@ -46,6 +46,15 @@ def test_sensitivity_table_shape_and_monotone(setup, tmp_path):
     assert (tmp_path / "sensitivity.csv").read_text().startswith("layer,params,mse_w2")
 
 
+def test_sensitivity_on_ray_equals_serial(setup, ray_executor):
+    _, qm, x, _, table = setup
+    before = qm.bit_config()
+    ray_table = compute_sensitivity(qm, x, progress=False, executor=ray_executor)
+    assert ray_table.layers == table.layers and ray_table.bits == table.bits
+    np.testing.assert_array_equal(ray_table.mse, table.mse)  # same model, samples and order of sums: exact
+    assert qm.bit_config() == before
+
+
 @pytest.mark.parametrize("mutation", ["guided", "random"])
 @pytest.mark.parametrize("target", [2.5, 3.0, 4.7])
 def test_budget_never_exceeded(setup, mutation, target):

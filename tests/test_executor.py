@@ -86,14 +86,6 @@ def test_devices():
     assert isinstance(m, nn.Linear) and t is None
 
 
-@pytest.fixture(scope="module")
-def ray_executor():
-    pytest.importorskip("ray", reason="the Ray extra is not installed (pip install 'mixq[ray]')")
-    ex = make_executor("ray", workers=2)
-    yield ex
-    ex.close()
-
-
 def test_ray_equals_serial_in_submission_order(ray_executor):
     items = list(range(12))
     seen: dict[int, float] = {}

@@ -225,7 +225,8 @@ def build_benchmark(
     sha, ckpt_name = checkpoint_sha256(model, model_root, checkpoint)
     data = {"dataset": task.dataset, "split": getattr(task.test, "split", "test"), "n_test": n_test,
             "n_images": len(task.test)}
-    session = {"started": utc_now(), "versions": versions()}
+    executor = executor or SerialExecutor()
+    session = {"started": utc_now(), "versions": versions(), "executor": executor.describe()}
     with bench_lock(path):  # another shard may have created the file meanwhile: open it then
         if not path.exists():
             meta = {
@@ -258,7 +259,7 @@ def build_benchmark(
                                  pinned_bits=pinned_bits)
         _label_pending(bench, qm, task, configs, n, shard, batch_size,
                        desc=f"bench {model}" + (f" shard {shard[0]}/{shard[1]}" if shard[1] > 1 else ""),
-                       progress=progress, executor=executor or SerialExecutor())
+                       progress=progress, executor=executor)
     except BaseException:
         bench.close()
         raise

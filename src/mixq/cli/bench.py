@@ -16,6 +16,7 @@ from typing import Any
 from mixq.bench.build import build_benchmark
 from mixq.bench.store import MQBench
 from mixq.bits import BitConfig
+from mixq.cli.common import add_executor_args, executor_from_args
 from mixq.errors import MixqError
 
 
@@ -39,12 +40,14 @@ def _parse_shard(text: str | None) -> tuple[int, int]:
 def cmd_bench_build(args: argparse.Namespace) -> int:
     """Create or resume a benchmark file."""
     pinned = None if args.pinned_bits == 0 else args.pinned_bits
-    bench = build_benchmark(
-        args.file, args.model, args.n, seed=args.seed, mode=args.mode, samples=args.samples,
-        data_root=args.data_root, model_root=args.model_root, n_test=args.n_test,
-        progress=not args.no_progress, choices=args.choices, pinned_bits=pinned, checkpoint=args.checkpoint,
-        batch_size=args.batch_size, shard=_parse_shard(args.shard),
-    )
+    shard = _parse_shard(args.shard)
+    with executor_from_args(args) as executor:
+        bench = build_benchmark(
+            args.file, args.model, args.n, seed=args.seed, mode=args.mode, samples=args.samples,
+            data_root=args.data_root, model_root=args.model_root, n_test=args.n_test,
+            progress=not args.no_progress, choices=args.choices, pinned_bits=pinned, checkpoint=args.checkpoint,
+            batch_size=args.batch_size, shard=shard, executor=executor,
+        )
     with bench:
         s = bench.summary()
         print(f"{args.file}: {s['entries']} configurations of {bench.model}; top-1 {s['top1_min']:.2f}.."
@@ -147,6 +150,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
                    help="label only every N-th pending configuration from the I-th; run N processes with "
                         "0/N .. N-1/N on one file (e.g. OMP_NUM_THREADS=1 each)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_executor_args(p, "the labelling")
     p.set_defaults(func=cmd_bench_build)
 
     p = sub.add_parser("export", help="export a benchmark to JSON Lines")

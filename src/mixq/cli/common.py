@@ -11,6 +11,7 @@ from mixq.allocate.run import run_allocation
 from mixq.bits import VALID_BITS, BitConfig, Budget
 from mixq.errors import MixqError
 from mixq.evaluation.task import Task, load_task
+from mixq.executor import EXECUTORS, Executor, make_executor
 from mixq.fileio import locked
 from mixq.paths import output_folder
 
@@ -142,3 +143,36 @@ def allocate_command(args: argparse.Namespace, calibrate_after: bool) -> int:
           + (f", calibrated {r['calibrated_top1']:.2f}" if "calibrated_top1" in r else ""))
     print(f"wrote {out}/config.json and result.json")
     return 0
+
+
+def add_executor_args(p: argparse.ArgumentParser, what: str) -> None:
+    """``--executor``, ``--workers``, ``--address`` and ``--device``: where the evaluations run.
+
+    Args:
+        p: the parser.
+        what: the work they place, for the group title (e.g. "the labelling").
+    """
+    g = p.add_argument_group(f"where {what} runs")
+    g.add_argument("--executor", choices=list(EXECUTORS), default="serial",
+                   help="serial: in this process (default); ray: a pool of Ray actors, each holding the model "
+                        "and data once (pip install 'mixq[ray]')")
+    g.add_argument("--workers", type=int, default=None,
+                   help="Ray actors in the pool, one CPU each (default 2; --executor ray only)")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster to join: 'auto' or HOST:PORT (default: start a local Ray that stops "
+                        "with the command; --executor ray only)")
+    g.add_argument("--device", default="auto",
+                   help="auto (CUDA when present), cpu, cuda or cuda:N; with Ray, resolved on each worker and "
+                        "a CUDA device asks Ray for one GPU per worker (default %(default)s)")
+
+
+def executor_from_args(args: argparse.Namespace) -> Executor:
+    """The executor named by :func:`add_executor_args` arguments (close it when done).
+
+    Args:
+        args: parsed arguments.
+
+    Returns:
+        The :class:`~mixq.executor.Executor`.
+    """
+    return make_executor(args.executor, workers=args.workers, address=args.address, device=args.device)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 
 from mixq.bits import Budget
-from mixq.cli.common import EPILOG_DATA, add_task_args, check_bits_arg, task_from_args
+from mixq.cli.common import (
+    EPILOG_DATA,
+    add_executor_args,
+    add_task_args,
+    check_bits_arg,
+    executor_from_args,
+    task_from_args,
+)
 from mixq.evoq.bitsearch import EvoQConfig
 from mixq.evoq.calibrate import CalibrationConfig
 from mixq.evoq.pipeline import RunOptions, run_evoq
@@ -43,7 +50,8 @@ def _run(args: argparse.Namespace, budget: Budget, config: EvoQConfig, out: str)
     options = RunOptions(budget=budget, act_bits=args.act_bits, weight_range=args.weight_range,
                          calibrate=not args.no_calibrate, calibration=calibration,
                          evaluate_uniform=not args.no_uniform, progress=not args.no_progress)
-    r = run_evoq(task, options, config, out, overwrite=args.overwrite)
+    with executor_from_args(args) as executor:
+        r = run_evoq(task, options, config, out, overwrite=args.overwrite, executor=executor)
     write_evoq_report(out)
     print(f"model      {r['model']}  ({r['n_test']} test images, {r['samples']} calibration samples, "
           f"seed {r['seed']})")
@@ -77,6 +85,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG_DATA,
     )
     add_task_args(p)
+    add_executor_args(p, "the sensitivity table")
     b = p.add_argument_group("budget (default: --target-bits 3.0)")
     b.add_argument("--target-bits", type=float, help="parameter-weighted average weight bits")
     b.add_argument("--size-mb", type=float, help="weight size in MB (sum params x bits / 8 / 2^20)")

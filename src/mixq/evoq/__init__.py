@@ -27,6 +27,7 @@ from mixq.evoq.calibrate import CalibrationConfig, CalibrationResult
 from mixq.evoq.evolution import EvolutionConfig, EvolutionState, TournamentEvolution
 from mixq.evoq.pipeline import RunOptions, check_feasible, run_evoq
 from mixq.evoq.sensitivity import SensitivityTable, compute_sensitivity
+from mixq.executor import Executor
 from mixq.quant.model import QuantModel
 
 __all__ = [
@@ -61,6 +62,7 @@ def search(
     weight_range: str = "minmax",
     checkpoint: str | os.PathLike | None = None,
     progress: bool = True,
+    executor: Executor | None = None,
     **settings: object,
 ) -> EvoQResult:
     """Search per-layer weight bits under a budget: sensitivity table, then EvoQ's tournament evolution.
@@ -77,6 +79,8 @@ def search(
         weight_range: ``"minmax"``, ``"omse"`` or ``"aciq"`` when ``model`` is a float model.
         checkpoint: JSON file to save the search to and resume it from.
         progress: progress bars (on a terminal only).
+        executor: where the sensitivity table is computed (default serial; e.g.
+            ``mixq.executor.make_executor("ray", workers=4)``); the search itself runs here.
         **settings: other :class:`EvoQConfig` fields (``iterations``, ``population``, ``sample``,
             ``mutation_prob``, ``mutation``, ``min_bits``, ``max_bits``).
 
@@ -97,7 +101,7 @@ def search(
     else:
         reference = predict(model, samples)  # float logits (N, K), as the pipeline computes them
     t0 = time.perf_counter()
-    table = compute_sensitivity(qm, samples, progress=progress)
+    table = compute_sensitivity(qm, samples, progress=progress, executor=executor)
     table_seconds = time.perf_counter() - t0
     result = evoq_search(qm, samples, reference, budget, config, sensitivity=table, checkpoint=checkpoint,
                          progress=progress)

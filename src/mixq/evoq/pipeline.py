@@ -32,6 +32,7 @@ from mixq.evaluation.task import Task
 from mixq.evoq.bitsearch import RESUME_HINT, EvoQConfig, EvoQResult, _SearchCheckpoint, evoq_search, search_signature
 from mixq.evoq.calibrate import CalibrationConfig, calibrate
 from mixq.evoq.sensitivity import SensitivityTable, compute_sensitivity
+from mixq.executor import Executor, SerialExecutor
 from mixq.fileio import atomic_write_json, check_signature, locked, remove_files
 from mixq.paths import output_folder
 from mixq.provenance import versions
@@ -157,7 +158,7 @@ def _calibrate_and_save(qm: QuantModel, task: Task, options: RunOptions, out: Pa
 
 
 def run_evoq(task: Task, options: RunOptions, config: EvoQConfig, out: str | os.PathLike,
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, executor: Executor | None = None) -> dict:
     """Run EvoQ end to end on a task and write every artefact.
 
     Args:
@@ -167,6 +168,8 @@ def run_evoq(task: Task, options: RunOptions, config: EvoQConfig, out: str | os.
         out: output folder (created and locked for the run; a sensitivity table and search checkpoint there
             of the same settings are resumed, of other settings refused).
         overwrite: discard the files of an earlier run in ``out`` (:data:`RUN_FILES`) instead of resuming.
+        executor: where the sensitivity table's rows are computed (default: serially in this process); the
+            search and calibration run here.
 
     Returns:
         The ``result.json`` dict.
@@ -176,10 +179,11 @@ def run_evoq(task: Task, options: RunOptions, config: EvoQConfig, out: str | os.
     """
     out = output_folder(out)
     with locked(out):
-        return _run_locked(task, options, config, out, overwrite)
+        return _run_locked(task, options, config, out, overwrite, executor or SerialExecutor())
 
 
-def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, overwrite: bool) -> dict:
+def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, overwrite: bool,
+                executor: Executor) -> dict:
     t_start = time.perf_counter()
     qm = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits, weight_range=options.weight_range)
     check_feasible(qm, options.budget, config.min_bits)
@@ -194,7 +198,8 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
     table = _cached_sensitivity(out / "sensitivity.json", table_signature)
     reference = predict(task.model, task.calib)  # float logits (N, K)
     if table is None:
-        table = compute_sensitivity(qm, task.calib, bits=SENSITIVITY_BITS, progress=options.progress)
+        table = compute_sensitivity(qm, task.calib, bits=SENSITIVITY_BITS, progress=options.progress,
+                                    executor=executor)
         table.save(out, signature=table_signature)
     result: EvoQResult = evoq_search(
         qm, task.calib, reference, options.budget, config, sensitivity=table,
@@ -236,6 +241,7 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
         "params": qm.layer_params,
         "best_history": result.best_history,
         "mean_history": result.mean_history,
+        "sensitivity_executor": executor.describe(),
         "versions": versions(),
     }
     if options.evaluate_uniform:

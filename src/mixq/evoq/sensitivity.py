@@ -19,8 +19,8 @@ import torch
 
 from mixq.errors import MixqError
 from mixq.evaluation.metrics import output_mse, predict
+from mixq.executor import Executor, SerialExecutor
 from mixq.fileio import atomic_write_json, atomic_write_text
-from mixq.progress import progress_bar
 from mixq.quant.model import QuantModel
 from mixq.quant.primitives import FLOAT_BITS
 
@@ -104,12 +104,27 @@ class SensitivityTable:
 
 
 @torch.no_grad()
+def _sensitivity_row(state: tuple[QuantModel, torch.Tensor, torch.Tensor, tuple[int, ...], int], j: int) -> list[float]:
+    """Row ``j`` of the table (a work item of the executor): layer ``j`` at each bit-width, the rest in float."""
+    qm, x, ref, bits, batch_size = state
+    qm.set_bits(FLOAT_BITS)
+    quantizer = qm.layers[qm.layer_names[j]].weight_quantizer
+    row = []
+    for b in bits:
+        quantizer.bits = b
+        row.append(output_mse(predict(qm, x, batch_size), ref))
+    quantizer.bits = FLOAT_BITS
+    return row
+
+
+@torch.no_grad()
 def compute_sensitivity(
     qm: QuantModel,
     x: torch.Tensor,
     bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8),
     batch_size: int = 256,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> SensitivityTable:
     """Measure EvoQ's per-layer sensitivity table.
 
@@ -118,7 +133,10 @@ def compute_sensitivity(
         x: calibration inputs ``(N, C, H, W)``.
         bits: bit-widths to measure.
         batch_size: forward batch size.
-        progress: show a progress bar.
+        progress: show a progress bar (one step per layer).
+        executor: where the rows are computed (default: serially in this process). With a Ray executor
+            the model, the samples and the float reference go to the workers once and each worker
+            computes whole rows; the table is the same as the serial one.
 
     Returns:
         The :class:`SensitivityTable`.
@@ -128,19 +146,12 @@ def compute_sensitivity(
     bits = tuple(sorted(set(bits)))
     saved = qm.bit_config()
     names = qm.layer_names
-    mse = np.zeros((len(names), len(bits)))
     try:
         qm.set_bits(FLOAT_BITS)
         ref = predict(qm, x, batch_size)
-        bar = progress_bar(total=len(names) * len(bits), desc="sensitivity", enabled=progress, leave=False)
-        for j, name in enumerate(names):
-            layer = qm.layers[name]
-            for k, b in enumerate(bits):
-                layer.weight_quantizer.bits = b
-                mse[j, k] = output_mse(predict(qm, x, batch_size), ref)
-                bar.update()
-            layer.weight_quantizer.bits = FLOAT_BITS
-        bar.close()
+        with (executor or SerialExecutor()).session((qm, x, ref, bits, batch_size)) as pool:
+            rows = pool.map(_sensitivity_row, list(range(len(names))), progress=progress, desc="sensitivity")
     finally:
         qm.set_bits(saved)
+    mse = np.array(rows, dtype=np.float64).reshape(len(names), len(bits))
     return SensitivityTable(tuple(names), bits, mse, tuple(qm.layer_params))
