@@ -51,7 +51,8 @@ def test_sensitivity_on_ray_equals_serial(setup, ray_executor):
     before = qm.bit_config()
     ray_table = compute_sensitivity(qm, x, progress=False, executor=ray_executor)
     assert ray_table.layers == table.layers and ray_table.bits == table.bits
-    np.testing.assert_array_equal(ray_table.mse, table.mse)  # same model, samples and order of sums: exact
+    # an actor runs torch on one thread: sums may round in another order than here
+    np.testing.assert_allclose(ray_table.mse, table.mse, rtol=1e-6, atol=0)
     assert qm.bit_config() == before
 
 

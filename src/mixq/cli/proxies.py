@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from mixq.bits import BitConfig
-from mixq.cli.common import EPILOG_DATA, add_task_args, task_from_args
+from mixq.cli.common import EPILOG_DATA, add_executor_args, add_task_args, executor_from_args, task_from_args
 from mixq.emq.proxy import proxy_stats_on
 from mixq.emq.ranking import rank_proxies
 from mixq.errors import MixqError
@@ -63,8 +63,10 @@ def cmd_proxies_score(args: argparse.Namespace) -> int:
 
 def cmd_proxies_rank(args: argparse.Namespace) -> int:
     """Every proxy's rank correlation with a benchmark's accuracies."""
-    r = rank_proxies(args.bench, args.proxies, sample=args.sample, proxy_batch=args.proxy_batch, seed=args.seed,
-                     data_root=args.data_root, model_root=args.model_root, stats_cache=args.stats_cache)
+    with executor_from_args(args) as executor:
+        r = rank_proxies(args.bench, args.proxies, sample=args.sample, proxy_batch=args.proxy_batch, seed=args.seed,
+                         data_root=args.data_root, model_root=args.model_root, stats_cache=args.stats_cache,
+                         executor=executor)
     sample_key = f"sample{r['sample']}"
     header = (f"{'proxy':10} {'':7} {'kendall':>8} {'spearman':>8} {'pearson':>8} {'sp@50%':>7} {'sp@20%':>7} "
               f"{'stats s':>8}")
@@ -106,6 +108,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--stats-cache", help="reuse / store proxy statistics in this .npz file (they depend on the "
                                           "model, batch and seed, not on the benchmark)")
+    add_executor_args(p, "the proxy statistics (one proxy per item)")
     p.set_defaults(func=cmd_proxies_rank)
 
     p = psub.add_parser("score", help="score configurations from a JSON Lines file", epilog=epilog)

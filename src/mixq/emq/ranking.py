@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 
 from mixq.bench import MQBench
-from mixq.emq.proxy import proxy_stats_on
+from mixq.emq.proxy import resolve_proxy
 from mixq.errors import MixqError
 from mixq.evaluation.task import load_task
+from mixq.executor import Executor, SerialExecutor
 from mixq.proxies import list_proxies
+from mixq.proxies.base import LayerStats, Proxy, stats_for
 from mixq.proxies.cache import StatsCache
 from mixq.proxies.rank import rank_metrics
 from mixq.quant.model import QuantModel
@@ -32,6 +34,7 @@ def rank_proxies(
     data_root: str | os.PathLike | None = None,
     model_root: str | os.PathLike | None = None,
     stats_cache: str | os.PathLike | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Rank metrics of each proxy on a whole benchmark and on a seeded sample of it.
 
@@ -44,6 +47,8 @@ def rank_proxies(
         data_root: data folder.
         model_root: checkpoint folder.
         stats_cache: ``.npz`` file reusing / storing proxy statistics.
+        executor: where the statistics of the proxies not in the cache are computed, one proxy per item
+            (default: serially in this process); this process alone writes the cache.
 
     Returns:
         ``{"bench", "model", "entries", "sample", "results": [{"proxy", "stats_seconds", "score_seconds",
@@ -65,14 +70,35 @@ def rank_proxies(
     cache = None
     if stats_cache:
         cache = StatsCache(stats_cache, str(bench.meta.get("checkpoint_sha256")), qm.layer_names)
+    names = list(proxies or list_proxies())
+    resolved = [resolve_proxy(name) for name in names]
+    n = min(proxy_batch, task.calib.shape[0])
+    x, y = task.calib[:n], task.calib_set.labels[:n]
+    stats: list[LayerStats | None] = [cache.get(p.name, n, seed) if cache else None for p in resolved]
+    missing = [i for i, st in enumerate(stats) if st is None]
+
+    def keep(k: int, st: LayerStats) -> None:  # in this process only: the one writer of the cache
+        stats[missing[k]] = st
+        if cache is not None:
+            cache.put(st, n, seed)
+            cache.save()
+
+    if missing:
+        with (executor or SerialExecutor()).session((qm, x, y, seed)) as pool:
+            pool.map(_stats_item, [resolved[i] for i in missing], on_result=keep)
     results = []
-    for name in proxies or list_proxies():
-        proxy, stats = proxy_stats_on(task, qm, name, proxy_batch, seed, cache)
+    for name, proxy, st in zip(names, resolved, stats, strict=True):
         t0 = time.perf_counter()
-        scores = proxy.score(stats, bits)
+        scores = proxy.score(st, bits)
         secs_score = time.perf_counter() - t0
-        results.append({"proxy": name, "stats_seconds": stats.seconds, "score_seconds": secs_score,
+        results.append({"proxy": name, "stats_seconds": st.seconds, "score_seconds": secs_score,
                         f"sample{len(picked)}": rank_metrics(scores[picked], acc[picked]),
                         "all": rank_metrics(scores, acc)})
     return {"bench": str(bench_path), "model": model, "entries": len(entries), "sample": len(picked),
             "results": results}
+
+
+def _stats_item(state: tuple[QuantModel, Any, Any, int], proxy: Proxy) -> LayerStats:
+    """One proxy's statistics on the mini-batch (a work item of the executor)."""
+    qm, x, y, seed = state
+    return stats_for(qm, proxy, x, y if proxy.needs_labels else None, seed=seed)

@@ -10,7 +10,8 @@ an :class:`Executor`::
 
 ``evaluate(state, item)`` must be a module-level function, deterministic in its arguments (it may not read
 the state left by an earlier call), so results do not depend on which worker ran what: the serial executor
-and a Ray pool of any size give identical results, returned in submission order. ``on_result(index, result)``
+and a Ray pool of any size give the same results, returned in submission order (up to float rounding where
+the thread counts differ: an actor runs torch on its own CPUs, one by default). ``on_result(index, result)``
 runs in the calling process as each result arrives, so a file written from it has a single writer.
 """
 
