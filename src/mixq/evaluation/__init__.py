@@ -6,6 +6,7 @@
 """
 
 from mixq.evaluation.metrics import accuracy, output_mse, predict
+from mixq.evaluation.sweep import SweepRow, uniform_sweep
 from mixq.evaluation.task import Task, load_task
 
-__all__ = ["Task", "accuracy", "load_task", "output_mse", "predict"]
+__all__ = ["SweepRow", "Task", "accuracy", "load_task", "output_mse", "predict", "uniform_sweep"]
