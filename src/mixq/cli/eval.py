@@ -17,6 +17,7 @@ from mixq.cli.common import (
 )
 from mixq.errors import MixqError
 from mixq.evaluation.sweep import uniform_sweep
+from mixq.evaluation.task import Task
 from mixq.executor.base import resolve_device
 from mixq.models import get_model_spec, list_models
 from mixq.provenance import versions
@@ -42,9 +43,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     qm.set_bits(bits)
     quant = task.top1(qm, args.batch_size, progress, desc="quantized")
     result = {
-        "model": task.name,
-        "dataset": task.dataset,
-        "split": "test" if task.dataset == "cifar10" else "sample (calibration images excluded)",
+        **_task_fields(task),
         "bits": args.bits,
         "config": args.config,
         "act_bits": args.act_bits,
@@ -77,6 +76,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_fields(task: Task) -> dict[str, str]:
+    """The first keys of both result objects of ``mixq eval``: model, dataset and split."""
+    return {"model": task.name, "dataset": task.dataset,
+            "split": "test" if task.dataset == "cifar10" else "sample (calibration images excluded)"}
+
+
 def _sweep(args: argparse.Namespace) -> int:
     """``mixq eval --bits B1 B2 ...``: FP32 and the quantized top-1 at each uniform bit-width, one table."""
     for b in args.bits:
@@ -93,9 +98,7 @@ def _sweep(args: argparse.Namespace) -> int:
         rows = uniform_sweep(qm, task, args.bits, args.batch_size, executor=executor, progress=progress)
         where = executor.describe()
     result = {
-        "model": task.name,
-        "dataset": task.dataset,
-        "split": "test" if task.dataset == "cifar10" else "sample (calibration images excluded)",
+        **_task_fields(task),
         "act_bits": args.act_bits,
         "fp32_top1": round(fp32, 3),
         "fp32_size_mb": qm.size_mb(32),

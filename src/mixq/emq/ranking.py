@@ -19,8 +19,8 @@ from mixq.errors import MixqError
 from mixq.evaluation.task import load_task
 from mixq.executor import Executor, SerialExecutor
 from mixq.proxies import list_proxies
-from mixq.proxies.base import LayerStats, Proxy, stats_for
-from mixq.proxies.cache import StatsCache
+from mixq.proxies.base import LayerStats, Proxy
+from mixq.proxies.cache import StatsCache, cached_stats
 from mixq.proxies.rank import rank_metrics
 from mixq.quant.model import QuantModel
 
@@ -99,6 +99,6 @@ def rank_proxies(
 
 
 def _stats_item(state: tuple[QuantModel, Any, Any, int], proxy: Proxy) -> LayerStats:
-    """One proxy's statistics on the mini-batch (a work item of the executor)."""
+    """One proxy's statistics on the mini-batch (a work item of the executor; the cache stays with the caller)."""
     qm, x, y, seed = state
-    return stats_for(qm, proxy, x, y if proxy.needs_labels else None, seed=seed)
+    return cached_stats(qm, proxy, x, y, seed)
