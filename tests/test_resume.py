@@ -149,6 +149,50 @@ def test_evoq_checkpoints_every_generation(net, monkeypatch):
     assert _iteration(net / "r" / "search_state.json") == 7  # nothing lost but the child in flight
 
 
+def test_evoq_offspring_batches_go_through_the_executor_and_resume(net, monkeypatch):
+    import mixq.cli.common as common
+    from mixq.evoq import bitsearch
+    from mixq.executor import SerialExecutor
+
+    batches: list[int] = []
+
+    class Spy(SerialExecutor):
+        def session(self, state):
+            inner = super().session(state)
+            real = inner.map
+
+            def spying_map(fn, items, *a, **kw):
+                if fn is bitsearch._fitness_item:
+                    batches.append(len(items))
+                return real(fn, items, *a, **kw)
+
+            inner.map = spying_map
+            return inner
+
+    monkeypatch.setattr(common, "make_executor", lambda *a, **kw: Spy())
+    argv = [*EVOQ, "--offspring", "4"]
+    assert main([*argv, "--out", str(net / "full")]) == 0
+    full = json.loads((net / "full" / "result.json").read_text())
+    assert full["settings"]["offspring"] == 4 and full["iterations"] == 120
+    assert full["executor"] == {"executor": "serial", "workers": 1}
+    # the initial population, then 30 generations of at most 4 new children each
+    assert batches[0] <= 16 and len(batches) <= 31 and all(1 <= b <= 4 for b in batches[1:])
+    assert sum(batches) == full["evaluations"]
+    step = bitsearch.TournamentEvolution.step
+
+    def dying(self):
+        if self.state.iteration == 40:
+            raise KeyboardInterrupt
+        step(self)
+
+    monkeypatch.setattr(bitsearch.TournamentEvolution, "step", dying)
+    assert main([*argv, "--out", str(net / "cut")]) == 130
+    assert _iteration(net / "cut" / "search_state.json") == 40  # ten whole generations kept
+    monkeypatch.setattr(bitsearch.TournamentEvolution, "step", step)
+    assert main([*argv, "--out", str(net / "cut")]) == 0
+    _same_run(json.loads((net / "cut" / "result.json").read_text()), full)
+
+
 def test_rerun_with_other_settings_is_refused_naming_them(net, capsys):
     out = net / "run"
     assert main([*EVOQ, "--out", str(out)]) == 0

@@ -32,7 +32,7 @@ def cmd_evoq(args: argparse.Namespace) -> int:
     config = EvoQConfig(
         population=args.population, sample=args.sample_size, iterations=args.iterations,
         mutation_prob=args.mutation_prob, min_bits=args.min_bits, max_bits=args.max_bits,
-        mutation=args.mutation, seed=args.seed,
+        mutation=args.mutation, seed=args.seed, offspring=args.offspring,
     )
     out = args.out or f"runs/evoq-{args.model.replace(':', '_')}-{args.target_bits or args.size_mb}"
     with locked(output_folder(out)):  # a bad or busy --out fails before the model and data are loaded
@@ -85,7 +85,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG_DATA,
     )
     add_task_args(p)
-    add_executor_args(p, "the sensitivity table")
+    add_executor_args(p, "the sensitivity table and the search's fitness evaluations")
     b = p.add_argument_group("budget (default: --target-bits 3.0)")
     b.add_argument("--target-bits", type=float, help="parameter-weighted average weight bits")
     b.add_argument("--size-mb", type=float, help="weight size in MB (sum params x bits / 8 / 2^20)")
@@ -93,6 +93,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--iterations", type=int, default=1000, help="children T (default %(default)s)")
     s.add_argument("--population", type=int, default=16, help="population P (default %(default)s)")
     s.add_argument("--sample-size", type=int, default=8, help="tournament sample S (default %(default)s)")
+    s.add_argument("--offspring", type=int, default=1,
+                   help="children per generation, evaluated as one batch: 1 is the paper's steady state; set it "
+                        "to --workers so a Ray pool evaluates a generation in parallel (default %(default)s)")
     s.add_argument("--mutation-prob", type=float, default=0.1, help="per-layer mutation p (default %(default)s)")
     s.add_argument("--mutation", choices=["guided", "random"], default="guided",
                    help="sensitivity-guided or random +-1 mutation (default %(default)s)")

@@ -79,10 +79,11 @@ def search(
         weight_range: ``"minmax"``, ``"omse"`` or ``"aciq"`` when ``model`` is a float model.
         checkpoint: JSON file to save the search to and resume it from.
         progress: progress bars (on a terminal only).
-        executor: where the sensitivity table is computed (default serial; e.g.
-            ``mixq.executor.make_executor("ray", workers=4)``); the search itself runs here.
+        executor: where the sensitivity table and the search's fitness evaluations run (default here; e.g.
+            ``mixq.executor.make_executor("ray", workers=4)``, with ``offspring=4`` so that each generation
+            gives every worker a child to evaluate).
         **settings: other :class:`EvoQConfig` fields (``iterations``, ``population``, ``sample``,
-            ``mutation_prob``, ``mutation``, ``min_bits``, ``max_bits``).
+            ``mutation_prob``, ``mutation``, ``min_bits``, ``max_bits``, ``offspring``).
 
     Returns:
         The :class:`EvoQResult`: ``bits`` (a BitConfig), ``fitness``, ``best_history``, ``avg_bits``,
@@ -104,7 +105,7 @@ def search(
     table = compute_sensitivity(qm, samples, progress=progress, executor=executor)
     table_seconds = time.perf_counter() - t0
     result = evoq_search(qm, samples, reference, budget, config, sensitivity=table, checkpoint=checkpoint,
-                         progress=progress)
+                         progress=progress, executor=executor)
     result.sensitivity_seconds = table_seconds
     return result
 

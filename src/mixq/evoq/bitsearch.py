@@ -34,6 +34,7 @@ from mixq.errors import MixqError
 from mixq.evaluation.metrics import output_mse
 from mixq.evoq.evolution import EvolutionConfig, EvolutionState, Genome, TournamentEvolution
 from mixq.evoq.sensitivity import SensitivityTable
+from mixq.executor import Executor
 from mixq.fileio import atomic_write_text, check_signature
 from mixq.progress import progress_bar
 from mixq.quant.model import QuantModel
@@ -54,6 +55,8 @@ class EvoQConfig:
         max_bits: highest weight bit-width.
         mutation: ``"guided"`` (sensitivity) or ``"random"``.
         seed: random seed.
+        offspring: children per generation, evaluated as one batch (1 = the paper's steady state; more lets
+            an executor spread a generation's fitness evaluations over its workers).
     """
 
     population: int = 16
@@ -64,9 +67,10 @@ class EvoQConfig:
     max_bits: int = 8
     mutation: str = "guided"
     seed: int = 0
+    offspring: int = 1
 
     def __post_init__(self) -> None:
-        EvolutionConfig(self.population, self.sample, self.iterations, self.seed)  # validates those
+        self.evolution()  # validates population, sample, iterations and offspring
         if not 0 < self.mutation_prob <= 1:
             raise MixqError(f"mutation probability must be in (0, 1], got {self.mutation_prob}")
         if not 2 <= self.min_bits <= self.max_bits <= 8:
@@ -76,7 +80,7 @@ class EvoQConfig:
 
     def evolution(self) -> EvolutionConfig:
         """The generic tournament settings."""
-        return EvolutionConfig(self.population, self.sample, self.iterations, self.seed)
+        return EvolutionConfig(self.population, self.sample, self.iterations, self.seed, self.offspring)
 
 
 class BitSpace:
@@ -277,6 +281,12 @@ class FitnessEvaluator:
         return output_mse(self.qm(self.x), self.reference)
 
 
+def _fitness_item(state: tuple[QuantModel, torch.Tensor, torch.Tensor], genome: Genome) -> float:
+    """One fitness evaluation as an executor work item: :class:`FitnessEvaluator` on the worker's copy."""
+    qm, x, reference = state
+    return FitnessEvaluator(qm, x, reference)(genome)
+
+
 RESUME_HINT = "rerun with --overwrite (overwrite=True) to discard it, or use another output folder"
 
 
@@ -378,6 +388,8 @@ def search_signature(layers: list[str], limit: float, config: EvoQConfig, extra:
         The signature (JSON-serialisable).
     """
     settings = {k: v for k, v in asdict(config).items() if k != "iterations"}
+    if settings["offspring"] == 1:
+        del settings["offspring"]  # the steady state, as every checkpoint before the setting existed
     return {**(extra or {}), "layers": list(layers), "settings": settings, "limit": limit}
 
 
@@ -392,6 +404,7 @@ def evoq_search(
     checkpoint_every: int = 1,
     progress: bool = True,
     signature: dict | None = None,
+    executor: Executor | None = None,
 ) -> EvoQResult:
     """Run EvoQ's tournament search (Alg. 1).
 
@@ -405,9 +418,12 @@ def evoq_search(
         checkpoint: JSON file to save the search state to every ``checkpoint_every`` iterations; if it
             exists and matches this search, the search resumes from it (a checkpoint of fewer iterations
             is extended; one of other settings, or of more iterations, is refused naming the settings).
-        checkpoint_every: iterations (generations: each one tournament and one child) between checkpoints.
+        checkpoint_every: generations (each ``config.offspring`` tournaments and children) between checkpoints.
         progress: show a progress bar with the best fitness.
         signature: further settings the checkpoint must match (the pipeline's task, quantizer and budget).
+        executor: where each generation's new children are evaluated (default: here, on ``qm``). With
+            ``config.offspring`` > 1 a Ray executor evaluates a generation's children in parallel; the search
+            is the same as the serial one of the same seed and offspring.
 
     Returns:
         The :class:`EvoQResult`.
@@ -422,22 +438,31 @@ def evoq_search(
     save = ckpt.save
 
     t0 = time.perf_counter()
-    search = TournamentEvolution(
-        config.evolution(),
-        evaluate,
-        space.mutate,
-        lambda rng: space.initial(math.floor(target + 1e-9), rng, config.population),
-        state=state,
-    )
-    bar = progress_bar(total=config.iterations, initial=search.state.iteration, desc="evoq", enabled=progress)
-    while not search.done:
-        search.step()
-        bar.update()
-        if search.state.iteration % 10 == 0:
-            bar.set_postfix(best_mse=f"{search.state.best[1]:.5f}", evals=search.state.evaluations)
-        if search.state.iteration % checkpoint_every == 0:
-            save(search, elapsed + time.perf_counter() - t0)
-    bar.close()
+    pool = executor.session((qm, x, reference)) if executor is not None else None
+    try:
+        search = TournamentEvolution(
+            config.evolution(),
+            evaluate,
+            space.mutate,
+            lambda rng: space.initial(math.floor(target + 1e-9), rng, config.population),
+            state=state,
+            evaluate_many=None if pool is None else (lambda genomes: pool.map(_fitness_item, genomes)),
+        )
+        bar = progress_bar(total=config.iterations, initial=search.state.iteration, desc="evoq", enabled=progress)
+        generation = 0
+        while not search.done:
+            before = search.state.iteration
+            search.step()
+            generation += 1
+            bar.update(search.state.iteration - before)
+            if search.state.iteration // 10 > before // 10:
+                bar.set_postfix(best_mse=f"{search.state.best[1]:.5f}", evals=search.state.evaluations)
+            if generation % checkpoint_every == 0:
+                save(search, elapsed + time.perf_counter() - t0)
+        bar.close()
+    finally:
+        if pool is not None:
+            pool.close()
     seconds = elapsed + time.perf_counter() - t0
     save(search, seconds)
     best, fit = search.state.best

@@ -1,8 +1,14 @@
 """Generic tournament-selection evolution (EvoQ Alg. 1), torch-free, seeded and resumable.
 
-Each step samples ``S`` individuals from a population of ``P``, mutates the fittest of the sample into a
-child, removes the worst of the sample and adds the child. Fitness is minimised. Genomes are tuples;
-a child equal to an already evaluated genome reuses the cached fitness instead of a new evaluation.
+Each child comes from a tournament: ``S`` individuals sampled from a population of ``P``, the fittest of
+the sample mutated into the child, which replaces the worst of the sample. Fitness is minimised. Genomes
+are tuples; a child equal to an already evaluated genome reuses the cached fitness instead of a new
+evaluation.
+
+A generation makes ``K`` children (``offspring``, default 1 = the paper's steady state): ``K`` tournaments
+on the population as it stands, then the ``K`` new genomes are evaluated together (one batch, which an
+executor can spread over workers), then each child replaces the worst of its own sample in turn. The same
+seed and ``K`` give the same search whatever evaluates the batch.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ class EvolutionConfig:
         sample: tournament sample size S (1 = random search, P = greedy).
         iterations: number of children T.
         seed: random seed.
+        offspring: children per generation K, evaluated as one batch (1 = steady state).
     """
 
     population: int = 16
     sample: int = 8
     iterations: int = 1000
     seed: int = 0
+    offspring: int = 1
 
     def __post_init__(self) -> None:
         if self.population < 2:
@@ -40,6 +48,8 @@ class EvolutionConfig:
             raise MixqError(f"sample size must be in 1..population ({self.population}), got {self.sample}")
         if self.iterations < 0:
             raise MixqError(f"iterations must be >= 0, got {self.iterations}")
+        if not isinstance(self.offspring, int) or self.offspring < 1:
+            raise MixqError(f"offspring (children per generation) must be an integer >= 1, got {self.offspring!r}")
 
 
 @dataclass
@@ -111,6 +121,8 @@ class TournamentEvolution:
         mutate: (genome, rng) -> child genome.
         initial: rng -> list of initial genomes (at least one; padded by mutation up to P).
         state: a saved state to resume from.
+        evaluate_many: list of genomes -> their fitnesses, in order (a batch; e.g. an executor's map).
+            Default: ``evaluate`` on each genome in turn.
     """
 
     def __init__(
@@ -120,9 +132,11 @@ class TournamentEvolution:
         mutate: Callable[[Genome, np.random.Generator], Genome],
         initial: Callable[[np.random.Generator], list[Genome]],
         state: EvolutionState | None = None,
+        evaluate_many: Callable[[list[Genome]], list[float]] | None = None,
     ) -> None:
         self.config = config
         self._evaluate = evaluate
+        self._evaluate_many = evaluate_many
         self._mutate = mutate
         self.rng = np.random.default_rng(config.seed)
         if state is None:
@@ -142,14 +156,31 @@ class TournamentEvolution:
         Returns:
             Its fitness.
         """
-        f = self.state.cache.get(genome)
-        if f is None:
-            f = float(self._evaluate(genome))
-            if not np.isfinite(f):
-                f = float("inf")
-            self.state.cache[genome] = f
-            self.state.evaluations += 1
-        return f
+        return self.fitness_many([genome])[0]
+
+    def fitness_many(self, genomes: list[Genome]) -> list[float]:
+        """Fitness of each genome; the ones not yet cached are evaluated once, together, as one batch.
+
+        Args:
+            genomes: the genomes (repeats allowed).
+
+        Returns:
+            Their fitnesses, in order (non-finite values become ``inf``).
+        """
+        cache = self.state.cache
+        new = list(dict.fromkeys(g for g in genomes if g not in cache))
+        if new:
+            if self._evaluate_many is None:
+                values = [self._evaluate(g) for g in new]
+            else:
+                values = list(self._evaluate_many(new))
+                if len(values) != len(new):
+                    raise AssertionError(f"evaluate_many returned {len(values)} fitnesses for {len(new)} genomes")
+            for g, v in zip(new, values):
+                v = float(v)
+                cache[g] = v if np.isfinite(v) else float("inf")
+            self.state.evaluations += len(new)
+        return [cache[g] for g in genomes]
 
     def _record(self) -> None:
         fits = [f for _, f in self.state.population]
@@ -165,19 +196,28 @@ class TournamentEvolution:
         while len(genomes) < self.config.population and tries < 100 * self.config.population:
             genomes.append(self._mutate(genomes[int(self.rng.integers(len(genomes)))], self.rng))
             tries += 1
-        self.state.population = [(g, self.fitness(g)) for g in genomes[: self.config.population]]
+        genomes = genomes[: self.config.population]
+        self.state.population = list(zip(genomes, self.fitness_many(genomes)))
         self._record()
 
     def step(self) -> None:
-        """Produce one child: tournament, mutation, replacement of the sample's worst."""
+        """One generation: ``K`` tournaments and mutations, one batch evaluation, ``K`` replacements.
+
+        The last generation makes only the children still missing from ``iterations`` (at least one).
+        """
         pop = self.state.population
-        idx = self.rng.choice(len(pop), size=self.config.sample, replace=False)
-        ranked = sorted(idx, key=lambda i: pop[i][1])
-        parent = pop[ranked[0]][0]
-        child = self._mutate(parent, self.rng)
-        pop[ranked[-1]] = (child, self.fitness(child))
-        self.state.iteration += 1
-        self._record()
+        k = max(1, min(self.config.offspring, self.config.iterations - self.state.iteration))
+        samples, children = [], []
+        for _ in range(k):
+            idx = self.rng.choice(len(pop), size=self.config.sample, replace=False)
+            parent = pop[min(idx, key=lambda i: pop[i][1])][0]  # first fittest of the sample
+            samples.append(idx)
+            children.append(self._mutate(parent, self.rng))
+        for idx, child, f in zip(samples, children, self.fitness_many(children)):
+            worst = sorted(idx, key=lambda i: pop[i][1])[-1]  # on the population as it now stands
+            pop[worst] = (child, f)
+            self.state.iteration += 1
+            self._record()
 
     @property
     def done(self) -> bool:

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +185,8 @@ def run_evoq(task: Task, options: RunOptions, config: EvoQConfig, out: str | os.
 def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, overwrite: bool,
                 executor: Executor) -> dict:
     t_start = time.perf_counter()
+    if executor.local_device.type != "cpu":  # the whole run where the serial executor computes
+        task = replace(task, model=task.model.to(executor.local_device), calib=task.calib.to(executor.local_device))
     qm = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits, weight_range=options.weight_range)
     check_feasible(qm, options.budget, config.min_bits)
     if overwrite:
@@ -203,7 +205,7 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
         table.save(out, signature=table_signature)
     result: EvoQResult = evoq_search(
         qm, task.calib, reference, options.budget, config, sensitivity=table,
-        checkpoint=out / "search_state.json", progress=options.progress, signature=signature,
+        checkpoint=out / "search_state.json", progress=options.progress, signature=signature, executor=executor,
     )
     result.config.save(out / "config.json")
     fp32 = task.top1(task.model, progress=options.progress, desc="fp32")
@@ -241,6 +243,7 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
         "params": qm.layer_params,
         "best_history": result.best_history,
         "mean_history": result.mean_history,
+        "executor": executor.describe(),  # sensitivity table and search fitness
         "sensitivity_executor": executor.describe(),
         "versions": versions(),
     }

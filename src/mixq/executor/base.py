@@ -138,6 +138,12 @@ class Executor(abc.ABC):
             The :class:`Session`.
         """
 
+    @property
+    def local_device(self) -> torch.device:
+        """Where this process's own copy of the state computes: the serial executor's device; CPU for Ray
+        (whose workers each resolve the device themselves)."""
+        return torch.device("cpu")
+
     def describe(self) -> dict[str, Any]:
         """What a result file records about how it was computed.
 
@@ -189,6 +195,10 @@ class SerialExecutor(Executor):
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
         self._device = resolve_device(device)
+
+    @property
+    def local_device(self) -> torch.device:  # noqa: D102
+        return self._device
 
     def session(self, state):  # noqa: D102
         if self.device != "cpu":

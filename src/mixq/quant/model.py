@@ -354,11 +354,12 @@ def save_calibrated(qm: QuantModel, path: str | os.PathLike) -> None:
         qm: the model after feature calibration.
         path: output file.
     """
-    grids = {n: {str(b): {"scale": g[0].detach(), "zero_point": g[1]} for b, g in m.weight_quantizer.grids.items()}
-             for n, m in qm.layers.items()}
+    grids = {n: {str(b): {"scale": g[0].detach().cpu(), "zero_point": g[1].cpu()}
+                 for b, g in m.weight_quantizer.grids.items()} for n, m in qm.layers.items()}
+    state = {k: v.cpu() for k, v in qm.model.state_dict().items()}  # loadable on a machine without the GPU
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"state_dict": qm.model.state_dict(), "weight_grids": grids}, tmp)
+    torch.save({"state_dict": state, "weight_grids": grids}, tmp)
     os.replace(tmp, path)
 
 
