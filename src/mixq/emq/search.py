@@ -187,7 +187,47 @@ def _num(f: float) -> float | str:
     return f if np.isfinite(f) else "-inf"
 
 
-class FormulaFitness:
+class ScreenedFitness:
+    """The search's view of a fitness: duplicate and equivalence screening around a subclass's :meth:`assess`."""
+
+    def assess(self, g: Genotype) -> tuple[float, str | None, np.ndarray | None]:
+        """``(fitness, screening reason or None, array to fingerprint for equivalence)`` of one formula."""
+        raise NotImplementedError
+
+    def evaluate(self, g: Genotype, state: SearchState) -> Evaluated:
+        """Screen then score one formula, updating the caches and counters of ``state``.
+
+        Args:
+            g: the formula.
+            state: search state (its caches are read and written).
+
+        Returns:
+            The outcome.
+        """
+        key = g.key()
+        if key in state.cache:
+            state.screened["duplicate"] += 1
+            return state.cache[key]
+        out = self._evaluate_new(g, state)
+        if out.reason is not None and out.reason != "equivalent":
+            state.screened[out.reason] += 1
+        state.cache[key] = out
+        state.genotypes[key] = g.canonical()
+        return out
+
+    def _evaluate_new(self, g: Genotype, state: SearchState) -> Evaluated:
+        f, reason, gains = self.assess(g)
+        if reason is not None:
+            return Evaluated(f, reason)
+        fp = _fingerprint(gains)
+        if fp in state.fingerprints:
+            state.screened["equivalent"] += 1
+            return Evaluated(state.fingerprints[fp], "equivalent")
+        state.fingerprints[fp] = f
+        return Evaluated(f, None)
+
+
+class FormulaFitness(ScreenedFitness):
     """Screens and scores formulas against the training configurations.
 
     Args:
@@ -218,55 +258,37 @@ class FormulaFitness:
         values = layer_values(g, self.inputs, self.bit_values, layers)
         return gain_table(g, values, self.bit_values)
 
-    def evaluate(self, g: Genotype, state: SearchState) -> Evaluated:
-        """Screen then score one formula, updating the caches and counters of ``state``.
+    def assess(self, g: Genotype) -> tuple[float, str | None, np.ndarray | None]:
+        """Screen and score one formula without a search state (no duplicate or equivalence check).
 
         Args:
             g: the formula.
-            state: search state (its caches are read and written).
 
         Returns:
-            The outcome.
+            ``(fitness, reason, gains)``: ``(-inf, reason, None)`` when screened, else the correlation, None
+            and the gain table (what the equivalence check fingerprints).
         """
-        key = g.key()
-        if key in state.cache:
-            state.screened["duplicate"] += 1
-            return state.cache[key]
-        out = self._evaluate_new(g, state)
-        if out.reason is not None and out.reason != "equivalent":
-            state.screened[out.reason] += 1
-        state.cache[key] = out
-        state.genotypes[key] = g.canonical()
-        return out
-
-    def _evaluate_new(self, g: Genotype, state: SearchState) -> Evaluated:
         fail = float("-inf")
         if g.aggregate == "direct" and not g.bit_dependent:
-            return Evaluated(fail, "bit-blind")
+            return fail, "bit-blind", None
         try:
             check_shapes(g, self.inputs)
         except FormulaError as exc:
-            return Evaluated(fail, exc.reason if exc.reason == "shape" else "shape")
+            return fail, exc.reason if exc.reason == "shape" else "shape", None
         with np.errstate(all="ignore"):
             probe = self.gains(g, [self.probe_layer])
             if not np.all(np.isfinite(probe)):
-                return Evaluated(fail, "probe")
+                return fail, "probe", None
             gains = self.gains(g)
             if not np.all(np.isfinite(gains)):
-                return Evaluated(fail, "nonfinite")
+                return fail, "nonfinite", None
             scores = self.scores(gains)
         if not np.all(np.isfinite(scores)) or np.unique(scores).size < 3:
-            return Evaluated(fail, "degenerate")
-        fp = _fingerprint(gains)
-        if fp in state.fingerprints:
-            state.screened["equivalent"] += 1
-            return Evaluated(state.fingerprints[fp], "equivalent")
+            return fail, "degenerate", None
         f = correlation(self.metric, scores, self.accuracy)
         if not np.isfinite(f):
-            return Evaluated(fail, "degenerate")
-        state.fingerprints[fp] = f
-        return Evaluated(f, None)
-
+            return fail, "degenerate", None
+        return f, None, gains
 
 def _fingerprint(gains: np.ndarray) -> str:
     scale = float(np.max(np.abs(gains)))
@@ -284,7 +306,7 @@ class FormulaSearch:
         state: a saved state to resume from.
     """
 
-    def __init__(self, config: EMQConfig, fitness: FormulaFitness, state: SearchState | None = None) -> None:
+    def __init__(self, config: EMQConfig, fitness: ScreenedFitness, state: SearchState | None = None) -> None:
         self.config = config
         self.fitness = fitness
         self.rng = np.random.default_rng(config.seed)
@@ -349,7 +371,7 @@ class FormulaSearch:
 
 def run_search(
     config: EMQConfig,
-    fitness: FormulaFitness,
+    fitness: ScreenedFitness,
     state_path: str | os.PathLike | None = None,
     progress: bool = True,
     on_checkpoint: Callable[[SearchState], None] | None = None,
