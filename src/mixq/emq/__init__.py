@@ -9,7 +9,8 @@ Modules: :mod:`~mixq.emq.ops` (the operation registries), :mod:`~mixq.emq.inputs
 :mod:`~mixq.emq.genotype` (formulas as data), :mod:`~mixq.emq.interpret` (evaluation with shape
 screening), :mod:`~mixq.emq.search` (the screened evolution), :mod:`~mixq.emq.proxy` (a genotype as a
 proxy), :mod:`~mixq.emq.run` (benchmark -> search -> held-out comparison), :mod:`~mixq.emq.ranking`
-(any proxies against a benchmark).
+(any proxies against a benchmark), :mod:`~mixq.emq.study` (the leak-free train / validation / test protocol
+over one or several benchmarks).
 """
 
 from mixq.emq.genotype import Genotype, crossover, mutate, random_genotype
@@ -21,10 +22,13 @@ from mixq.emq.ranking import rank_proxies
 from mixq.emq.run import emq_search
 from mixq.emq.run import emq_search as evolve
 from mixq.emq.search import EMQConfig
+from mixq.emq.study import StudyConfig, run_study
 
 __all__ = [
     "SOURCES",
     "EMQConfig",
+    "StudyConfig",
+    "run_study",
     "emq_search",
     "evolve",
     "rank_proxies",
