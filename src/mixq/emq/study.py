@@ -264,8 +264,7 @@ class MultiFitness(ScreenedFitness):
                 return f, reason, None
             fits.append(f)
             tables.append(gains.ravel())
-        value = min(fits) if self.reduce == "min" else float(np.mean(fits))
-        return value - self.size_penalty * formula_size(g), None, np.concatenate(tables)
+        return _reduce(fits, self.reduce) - self.size_penalty * formula_size(g), None, np.concatenate(tables)
 
 
 def _reduce(values: Sequence[float], how: str) -> float:
@@ -390,6 +389,7 @@ def _study_locked(out: Path, config: StudyConfig, search_paths: list[str], trans
     # hand-crafted proxies: statistics per model, scores on every part
     names = list_proxies() if baselines is True else list(baselines or [])
     hand: dict[str, dict[str, np.ndarray | str]] = {}
+    stats_of: dict[tuple[str, str, str], Any] = {}  # (model, checkpoint, proxy) -> statistics or error: once per model
     for b in [*search, *transfer, *fresh]:
         cache = None
         if stats_cache is not None:
@@ -397,11 +397,14 @@ def _study_locked(out: Path, config: StudyConfig, search_paths: list[str], trans
         per = {}
         for name in names:
             proxy = get_proxy(name)
-            try:
-                st = cached_stats(b.qm, proxy, b.x, b.y, config.split_seed, cache)
-                per[name] = proxy.score(st, b.bits)
-            except MixqError as exc:
-                per[name] = str(exc)
+            key = (b.model, b.checkpoint, name)
+            if key not in stats_of:
+                try:
+                    stats_of[key] = cached_stats(b.qm, proxy, b.x, b.y, config.split_seed, cache)
+                except MixqError as exc:
+                    stats_of[key] = str(exc)
+            st = stats_of[key]
+            per[name] = st if isinstance(st, str) else proxy.score(st, b.bits)
         hand[b.path] = per
 
     # the choices are made; now each test part, once
