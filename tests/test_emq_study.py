@@ -1,6 +1,7 @@
 """The leak-free EMQ study: three-way split, multi-benchmark fitness, validation choices, bootstrap intervals."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from mixq.emq.genotype import Genotype
 from mixq.emq.search import EMQConfig
 from mixq.emq.study import MultiFitness, StudyConfig, formula_size, load_bench, partition, run_study
 from mixq.errors import MixqError
+from mixq.proxies import get_proxy
+from mixq.proxies.base import stats_for
 from mixq.proxies.rank import bootstrap_interval
 
 
@@ -67,6 +70,11 @@ def test_multi_fitness_reduces_the_benchmarks_and_penalises_size():
     # a formula screened out on any benchmark is screened out
     f, reason, _ = MultiFitness([benches[0], _Bench(_Part(0, "nonfinite"))], "mean").assess(g)
     assert reason == "nonfinite" and f == float("-inf")
+    # the gain objective: each benchmark's offset (its best hand-crafted Kendall) comes off before the reduction
+    f, _, _ = MultiFitness(benches, "min", 0.0, offsets=[0.5, 0.0, 0.1]).assess(g)
+    assert f == pytest.approx(min(0.6 - 0.5, 0.2 - 0.0, 0.4 - 0.1))
+    with pytest.raises(MixqError, match="2 offsets for 3"):
+        MultiFitness(benches, offsets=[0.1, 0.2])
 
 
 def test_bootstrap_interval_against_a_brute_force_percentile_bootstrap():
@@ -124,6 +132,7 @@ def test_study_end_to_end_chooses_on_validation_and_never_on_test(demo_only, ben
     assert [s["seed"] for s in r["seeds"]] == [0, 1]
     best = max(r["seeds"], key=lambda s: (s["val_score"], s["train_fitness"]))
     assert r["chosen_seed"] == best["seed"] and r["formula"] == best["formula"]
+    assert Genotype.load(tmp_path / "s" / "genotype.json").to_dict() == r["genotype"]  # what allocate reads
     for s in r["seeds"]:  # each seed's formula is its finalists' best on validation
         assert s["val_score"] == max(f["val_score"] for f in s["finalists"])
     roles = {b["role"]: b for b in r["benches"]}
@@ -149,6 +158,31 @@ def test_study_end_to_end_chooses_on_validation_and_never_on_test(demo_only, ben
     timeless = [{k: v for k, v in s.items() if k != "search_seconds"} for s in r["seeds"]]
     assert [{k: v for k, v in s.items() if k != "search_seconds"} for s in again["seeds"]] == timeless
     assert again["benches"] == r["benches"]
+
+
+def test_gain_objective_scores_each_benchmark_against_its_best_handcrafted_proxy(demo_only, benches, tmp_path):
+    b0, b1 = (str(benches / f"b{s}.sqlite") for s in range(2))
+    config = replace(CONFIG, objective="gain", seeds=(0,))
+    loaded = [load_bench(b0, config), load_bench(b1, config)]
+    names = ["bparams", "snip"]
+    r = run_study([b0, b1], tmp_path / "g", config, baselines=names, progress=False, loaded=loaded)
+    assert r["config"]["objective"] == "gain"
+    g = Genotype.from_dict(r["seeds"][0]["genotype"])
+    for bench in loaded:  # validation values are gains over the best hand-crafted Kendall on validation (by hand)
+        idx = bench.parts["val"]
+        hand = []
+        for name in names:
+            proxy = get_proxy(name)
+            st = stats_for(bench.qm, proxy, bench.x, bench.y if proxy.needs_labels else None, seed=config.split_seed)
+            sc = proxy.score(st, bench.bits)[idx]
+            hand.append(stats.kendalltau(sc, bench.acc[idx])[0] if np.ptp(sc) > 0 else -np.inf)
+        tau = stats.kendalltau(bench.formula_scores(g, "val"), bench.acc[idx])[0]
+        assert r["seeds"][0]["val"][bench.path] == pytest.approx(tau - max(hand))
+    assert r["seeds"][0]["val_score"] == pytest.approx(min(r["seeds"][0]["val"].values()))
+    # a Kendall-objective study in the same folder would mix checkpoints: the signature tells them apart
+    with pytest.raises(MixqError, match="objective"):
+        run_study([b0, b1], tmp_path / "g", replace(config, objective="kendall"), baselines=names, progress=False,
+                  loaded=loaded)
 
 
 def test_study_cli(demo_only, benches, tmp_path, capsys):

@@ -10,7 +10,7 @@ from mixq.emq.genotype import STRUCTURES
 from mixq.emq.inputs import SOURCES
 from mixq.emq.run import emq_search
 from mixq.emq.search import METRICS, EMQConfig
-from mixq.emq.study import REDUCTIONS, StudyConfig, run_study
+from mixq.emq.study import OBJECTIVES, REDUCTIONS, StudyConfig, run_study
 from mixq.fileio import locked
 from mixq.paths import output_folder
 from mixq.reports.emq import comparison_table, write_emq_report
@@ -43,7 +43,8 @@ def cmd_emq_study(args: argparse.Namespace) -> int:
                        sources=tuple(args.sources), proxy_batch=args.proxy_batch,
                        hessian_samples=args.hessian_samples)
     config = StudyConfig(fractions=tuple(args.fractions), split_seed=args.split_seed, seeds=tuple(args.seeds),
-                         reduce=args.reduce, size_penalty=args.size_penalty, finalists=args.finalists,
+                         reduce=args.reduce, objective=args.objective, size_penalty=args.size_penalty,
+                         finalists=args.finalists,
                          bootstrap=args.bootstrap, search=search)
     r = run_study(args.bench, args.out, config, transfer=args.transfer or (), fresh=args.fresh or (),
                   baselines=args.baselines or True, data_root=args.data_root, model_root=args.model_root,
@@ -132,6 +133,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=list(sd.seeds), help="evolution seeds (default %(default)s)")
     p.add_argument("--reduce", choices=REDUCTIONS, default=sd.reduce,
                    help="how per-benchmark train Kendalls combine (default %(default)s)")
+    p.add_argument("--objective", choices=OBJECTIVES, default=sd.objective,
+                   help="per-benchmark fitness: its Kendall, or its gain over the benchmark's best hand-crafted "
+                        "proxy on the same part (train for the fitness, validation for the choices) "
+                        "(default %(default)s)")
     p.add_argument("--size-penalty", type=float, default=sd.size_penalty,
                    help="fitness subtracted per formula operation (default %(default)s)")
     p.add_argument("--finalists", type=int, default=sd.finalists,

@@ -20,7 +20,8 @@ Protocol (every number in ``study.json`` says which part it comes from):
    sampling seed of a searched or transfer model) are scored in full.
 
 Files in ``out``: ``seed-S/search_state.json`` (each search's checkpoint; a rerun resumes it),
-``study.json`` (the whole record, with settings and library versions) and ``report.md``.
+``study.json`` (the whole record, with settings and library versions), ``genotype.json`` (the study's formula,
+what ``mixq allocate --proxy`` reads) and ``report.md``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from mixq.quant.model import QuantModel
 
 PARTS = ("train", "val", "test")
 REDUCTIONS = ("min", "mean")
+OBJECTIVES = ("kendall", "gain")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class StudyConfig:
         split_seed: seed of the three-way split and of the proxy images (fixed across evolution seeds).
         seeds: evolution seeds.
         reduce: how per-benchmark Kendalls combine into one fitness: ``"min"`` (worst) or ``"mean"``.
+        objective: ``"kendall"`` (each benchmark's Kendall itself) or ``"gain"`` (its Kendall minus that of the
+            benchmark's best hand-crafted proxy on the same part: on train for the fitness, on validation for
+            the choices), so that no architecture's baseline sets the level the others need only match.
         size_penalty: fitness subtracted per operation of a formula's canonical form.
         finalists: best-on-train formulas per seed compared on validation.
         bootstrap: bootstrap resamples of each interval.
@@ -74,6 +79,7 @@ class StudyConfig:
     split_seed: int = 0
     seeds: tuple[int, ...] = (0, 1, 2)
     reduce: str = "min"
+    objective: str = "kendall"
     size_penalty: float = 0.002
     finalists: int = 10
     bootstrap: int = 2000
@@ -89,6 +95,8 @@ class StudyConfig:
             raise MixqError(f"seeds must be distinct and at least one, got {list(self.seeds)}")
         if self.reduce not in REDUCTIONS:
             raise MixqError(f"reduce must be one of {list(REDUCTIONS)}, got {self.reduce!r}")
+        if self.objective not in OBJECTIVES:
+            raise MixqError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
         if self.size_penalty < 0:
             raise MixqError(f"size penalty must be >= 0, got {self.size_penalty}")
         if self.finalists < 1:
@@ -249,20 +257,25 @@ class MultiFitness(ScreenedFitness):
         reduce: ``"min"`` or ``"mean"``.
         size_penalty: subtracted per operation (:func:`formula_size`).
         metric: ``"kendall"`` or ``"spearman"``.
+        offsets: subtracted from each benchmark's correlation before the reduction (the ``"gain"``
+            objective: each benchmark's best hand-crafted correlation on its train part); default none.
     """
 
     def __init__(self, benches: Sequence[StudyBench], reduce: str = "min", size_penalty: float = 0.0,
-                 metric: str = "kendall") -> None:
+                 metric: str = "kendall", offsets: Sequence[float] | None = None) -> None:
         self.parts = [b.fitness("train", metric) for b in benches]
         self.reduce, self.size_penalty = reduce, size_penalty
+        self.offsets = [0.0] * len(self.parts) if offsets is None else [float(o) for o in offsets]
+        if len(self.offsets) != len(self.parts):
+            raise MixqError(f"{len(self.offsets)} offsets for {len(self.parts)} benchmarks")
 
     def assess(self, g: Genotype) -> tuple[float, str | None, np.ndarray | None]:  # noqa: D102
         fits, tables = [], []
-        for part in self.parts:
+        for part, offset in zip(self.parts, self.offsets):
             f, reason, gains = part.assess(g)
             if reason is not None:
                 return f, reason, None
-            fits.append(f)
+            fits.append(f - offset)
             tables.append(gains.ravel())
         return _reduce(fits, self.reduce) - self.size_penalty * formula_size(g), None, np.concatenate(tables)
 
@@ -278,13 +291,54 @@ def _finalists(state, k: int) -> list[tuple[Genotype, float]]:
     return [(state.genotypes[key], f) for key, f in scored[:k]]
 
 
-def _validation(benches: Sequence[StudyBench], g: Genotype) -> dict[str, float]:
+def _validation(benches: Sequence[StudyBench], g: Genotype, offsets: dict[str, float]) -> dict[str, float]:
+    """Validation Kendall of a formula per benchmark, minus the benchmark's offset (0 or the best hand-crafted)."""
     out = {}
     for b in benches:
         s = b.formula_scores(g, "val")
         ok = np.all(np.isfinite(s)) and np.ptp(s) > 0
-        out[b.path] = correlation("kendall", s, b.acc[b.parts["val"]]) if ok else float("nan")
+        out[b.path] = correlation("kendall", s, b.acc[b.parts["val"]]) - offsets[b.path] if ok else float("nan")
     return out
+
+
+def _handcrafted(benches: Sequence[StudyBench], names: Sequence[str], seed: int,
+                 stats_cache: str | os.PathLike | None) -> dict[str, dict[str, np.ndarray | str]]:
+    """Scores of every hand-crafted proxy on every configuration of each benchmark (or its error message).
+
+    The statistics are computed once per model (and checkpoint), from the benchmark's proxy images, and kept
+    in ``stats_cache`` when given.
+    """
+    hand: dict[str, dict[str, np.ndarray | str]] = {}
+    stats_of: dict[tuple[str, str, str], Any] = {}
+    for b in benches:
+        cache = None
+        if stats_cache is not None:
+            cache = StatsCache(Path(stats_cache) / f"{b.model}.npz", b.checkpoint, b.qm.layer_names)
+        per = {}
+        for name in names:
+            proxy = get_proxy(name)
+            key = (b.model, b.checkpoint, name)
+            if key not in stats_of:
+                try:
+                    stats_of[key] = cached_stats(b.qm, proxy, b.x, b.y, seed, cache)
+                except MixqError as exc:
+                    stats_of[key] = str(exc)
+            st = stats_of[key]
+            per[name] = st if isinstance(st, str) else proxy.score(st, b.bits)
+        hand[b.path] = per
+    return hand
+
+
+def _best_handcrafted(b: StudyBench, scores: dict[str, np.ndarray | str], part: str) -> tuple[str | None, float]:
+    """The hand-crafted proxy with the highest Kendall on one part of a benchmark, and that Kendall."""
+    idx = b.parts[part]
+    ok = {n: correlation("kendall", s[idx], b.acc[idx]) for n, s in scores.items()
+          if not isinstance(s, str) and np.ptp(s[idx]) > 0}
+    ok = {n: v for n, v in ok.items() if np.isfinite(v)}
+    if not ok:
+        return None, float("nan")
+    best = max(ok, key=ok.get)
+    return best, ok[best]
 
 
 def _interval(scores, acc, config: StudyConfig, baseline=None) -> list[float] | None:
@@ -361,10 +415,28 @@ def _study_locked(out: Path, config: StudyConfig, search_paths: list[str], trans
     search = [get(p) for p in search_paths]
     transfer = [get(p) for p in transfer_paths]
     fresh = [get(p, True, [*search, *transfer]) for p in fresh_paths]
-    fitness = MultiFitness(search, config.reduce, config.size_penalty, config.search.metric)
+
+    # hand-crafted proxies: statistics once per model, scores of every configuration
+    names = list_proxies() if baselines is True else list(baselines or [])
+    hand = _handcrafted([*search, *transfer, *fresh], names, config.split_seed, stats_cache)
+    offsets_train = [0.0] * len(search)
+    offsets_val = {b.path: 0.0 for b in search}
+    if config.objective == "gain":
+        if not names:
+            raise MixqError("objective 'gain' needs hand-crafted baselines")
+        for i, b in enumerate(search):
+            name, offsets_train[i] = _best_handcrafted(b, hand[b.path], "train")
+            name_val, offsets_val[b.path] = _best_handcrafted(b, hand[b.path], "val")
+            if name is None or name_val is None:
+                raise MixqError(f"objective 'gain': no hand-crafted proxy gives non-constant scores on "
+                                f"{b.path!r}")
+    fitness = MultiFitness(search, config.reduce, config.size_penalty, config.search.metric, offsets_train)
     signature = {"benches": {b.path: b.digest for b in search}, "split_seed": config.split_seed,
                  "fractions": list(config.fractions), "reduce": config.reduce,
                  "size_penalty": config.size_penalty}
+    if config.objective != "kendall":  # absent for the default, so earlier checkpoints still resume
+        signature["objective"] = config.objective
+        signature["offsets"] = offsets_train
 
     seeds = []
     for seed in config.seeds:
@@ -373,7 +445,7 @@ def _study_locked(out: Path, config: StudyConfig, search_paths: list[str], trans
         state = run_search(scfg, fitness, folder / "search_state.json", progress=progress, signature=signature)
         rows = []
         for g, train_fit in _finalists(state, config.finalists):
-            val = _validation(search, g)
+            val = _validation(search, g, offsets_val)
             vals = list(val.values())
             rows.append({"genotype": g, "formula": g.formula(), "train_fitness": train_fit, "val": val,
                          "val_score": _reduce(vals, config.reduce) if np.all(np.isfinite(vals)) else float("-inf")})
@@ -386,34 +458,10 @@ def _study_locked(out: Path, config: StudyConfig, search_paths: list[str], trans
                       "history": state.history, "_g": best["genotype"]})
     chosen = max(seeds, key=lambda s: (s["val_score"], s["train_fitness"]))
 
-    # hand-crafted proxies: statistics per model, scores on every part
-    names = list_proxies() if baselines is True else list(baselines or [])
-    hand: dict[str, dict[str, np.ndarray | str]] = {}
-    stats_of: dict[tuple[str, str, str], Any] = {}  # (model, checkpoint, proxy) -> statistics or error: once per model
-    for b in [*search, *transfer, *fresh]:
-        cache = None
-        if stats_cache is not None:
-            cache = StatsCache(Path(stats_cache) / f"{b.model}.npz", b.checkpoint, b.qm.layer_names)
-        per = {}
-        for name in names:
-            proxy = get_proxy(name)
-            key = (b.model, b.checkpoint, name)
-            if key not in stats_of:
-                try:
-                    stats_of[key] = cached_stats(b.qm, proxy, b.x, b.y, config.split_seed, cache)
-                except MixqError as exc:
-                    stats_of[key] = str(exc)
-            st = stats_of[key]
-            per[name] = st if isinstance(st, str) else proxy.score(st, b.bits)
-        hand[b.path] = per
-
     # the choices are made; now each test part, once
     best_on_val: dict[str, str | None] = {}  # model -> best hand-crafted proxy on its validation part
     for b in [*search, *transfer]:
-        val_idx = b.parts["val"]
-        ok = {n: correlation("kendall", s[val_idx], b.acc[val_idx]) for n, s in hand[b.path].items()
-              if not isinstance(s, str) and np.ptp(s[val_idx]) > 0}
-        best_on_val.setdefault(b.model, max(ok, key=ok.get) if ok else None)
+        best_on_val.setdefault(b.model, _best_handcrafted(b, hand[b.path], "val")[0])
     benches_out = []
     for role, group in (("search", search), ("transfer", transfer), ("fresh", fresh)):
         for b in group:
@@ -457,6 +505,7 @@ def _study_locked(out: Path, config: StudyConfig, search_paths: list[str], trans
         "versions": versions(),
     }
     atomic_write_json(out / "study.json", record)
+    chosen["_g"].save(out / "genotype.json")
     atomic_write_text(out / "report.md", study_report(record))
     return record
 
@@ -468,6 +517,12 @@ def _fmt(rec: dict[str, Any] | None, ci: str = "kendall_ci", key: str = "kendall
         return f"{rec[key]:.3f} [undefined]"
     lo, hi = rec[ci]
     return f"{rec[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _objective_text(config: dict[str, Any]) -> str:
+    if config.get("objective", "kendall") == "gain":
+        return "(Kendall - best hand-crafted Kendall on the same part)"
+    return "Kendall"
 
 
 def study_report(record: dict[str, Any]) -> str:
@@ -482,7 +537,8 @@ def study_report(record: dict[str, Any]) -> str:
     c = record["config"]
     lines = [f"# EMQ study: {', '.join(Path(p).name for p in record['search_benches'])}", "",
              f"Protocol: {record['protocol']}. Split {c['fractions']} (seed {c['split_seed']}); fitness = "
-             f"{c['reduce']} Kendall over the search benchmarks' train parts - {c['size_penalty']} x formula size; "
+             f"{c['reduce']} {_objective_text(c)} over the search benchmarks' train parts - {c['size_penalty']} x "
+             f"formula size; "
              f"{c['finalists']} finalists per seed; {int(100 * c['confidence'])} % percentile-bootstrap intervals "
              f"({c['bootstrap']} resamples of the configurations).", "",
              f"Chosen (seed {record['chosen_seed']}, best validation): `{record['formula']}`", "",

@@ -1,0 +1,169 @@
+"""Tables and a plot of every EMQ study under results/ (no computation: reads ``study.json`` files).
+
+One row per (study, benchmark): the part scored (test part of a searched or transfer benchmark, the whole
+of a fresh one), the chosen formula's Kendall tau with its 95 % bootstrap interval, the spread over the
+evolution seeds, the best hand-crafted proxy *chosen on that model's validation part* with its tau, and the
+paired gain with its interval. A gain whose interval contains 0 is marked "no demonstrated gain".
+
+    python benchmarks/emq_studies.py                      # print the table
+    python benchmarks/emq_studies.py --readme README.md   # also splice it between <!-- emq-studies --> markers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from mixq.reports.plots import pyplot  # noqa: E402
+
+MARK = "emq-studies"
+
+
+def _short(path: str) -> str:
+    """``results/mqbench-resnet20-jpeg-fresh1.sqlite`` -> ``resnet20-jpeg-fresh1``."""
+    return Path(path).stem.removeprefix("mqbench-")
+
+
+def _ci(rec: dict[str, Any], key: str = "kendall", ci: str = "kendall_ci", signed: bool = False) -> str:
+    if not rec or key not in rec:
+        return rec.get("error", "-") if rec else "-"
+    fmt = "{:+.3f}" if signed else "{:.3f}"
+    v = fmt.format(rec[key])
+    if rec.get(ci) is None:
+        return f"{v} [undefined]"
+    lo, hi = rec[ci]
+    return f"{v} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
+def study_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of one ``study.json``.
+
+    Args:
+        path: the file.
+
+    Returns:
+        One dict per benchmark of the study.
+    """
+    rec = json.loads(path.read_text())
+    searched = "+".join(_short(p).removesuffix("-jpeg") for p in rec["search_benches"])
+    reduce = rec["config"]["reduce"] if len(rec["search_benches"]) > 1 else ""
+    rows = []
+    for b in rec["benches"]:
+        chosen = b["evolved"]["chosen"]
+        best = b.get("best_handcrafted_on_val")
+        spread = b.get("evolved_kendall_over_seeds") or {}
+        gain = chosen.get("gain_over_best_handcrafted")
+        gci = chosen.get("gain_ci")
+        verdict = "" if gain is None else ("gain" if gci and gci[0] > 0 else
+                                            ("loss" if gci and gci[1] < 0 else "no demonstrated gain"))
+        rows.append({
+            "study": path.parent.name, "searched_on": searched, "reduce": reduce, "formula": rec["formula"],
+            "chosen_seed": rec["chosen_seed"], "bench": _short(b["path"]), "role": b["role"],
+            "part": b["scored_part"], "n": int(b["parts"].get(b["scored_part"], b["entries"])),
+            "evolved": chosen, "seeds": spread, "best_handcrafted": best,
+            "handcrafted": b["handcrafted"].get(best) if best else None, "gain": gain, "gain_ci": gci,
+            "verdict": verdict,
+        })
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of the rows."""
+    out = ["| study (searched on) | benchmark | role, part (n) | evolved Kendall [95 %] | seeds mean (min..max) | "
+           "best hand-crafted (on val) | its Kendall [95 %] | gain [95 %] | |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        s = r["seeds"]
+        spread = f"{s['mean']:.3f} ({s['min']:.3f}..{s['max']:.3f})" if s else "-"
+        red = f", {r['reduce']}" if r["reduce"] else ""
+        out.append(f"| {r['searched_on']}{red} | {r['bench']} | {r['role']}, {r['part']} ({r['n']}) | "
+                   f"{_ci(r['evolved'])} | {spread} | {r['best_handcrafted'] or '-'} | {_ci(r['handcrafted'])} | "
+                   f"{_ci(r['evolved'], 'gain_over_best_handcrafted', 'gain_ci', signed=True)} | {r['verdict']} |")
+    return "\n".join(out)
+
+
+def formulas(paths: list[Path]) -> str:
+    """The chosen formula of each study, as a bullet list."""
+    out = []
+    for p in paths:
+        rec = json.loads(p.read_text())
+        out.append(f"- `{p.parent.name}` (seed {rec['chosen_seed']}): `{rec['formula']}`")
+    return "\n".join(out)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Kendall tau with intervals per benchmark: each study's formula against the best hand-crafted proxy."""
+    plt = pyplot()
+    benches = sorted({r["bench"] for r in rows})
+    fig, axes = plt.subplots(1, len(benches), figsize=(4.2 * len(benches), 0.45 * (1 + len(rows) / len(benches))
+                                                       + 2.2), squeeze=False)
+    for ax, bench in zip(axes[0], benches):
+        mine = [r for r in rows if r["bench"] == bench and "kendall" in r["evolved"]]
+        labels, vals, los, his, colours = [], [], [], [], []
+        hand = next((r for r in mine if r["handcrafted"] and "kendall" in r["handcrafted"]), None)
+        entries = [(f"{r['searched_on']}{'/' + r['reduce'] if r['reduce'] else ''} ({r['role']})", r["evolved"],
+                    "tab:blue" if r["role"] == "search" else "tab:orange") for r in mine]
+        if hand:
+            entries.append((f"{hand['best_handcrafted']} (hand-crafted)", hand["handcrafted"], "tab:gray"))
+        for label, rec, colour in entries:
+            ci = rec.get("kendall_ci") or [rec["kendall"]] * 2
+            labels.append(label)
+            vals.append(rec["kendall"])
+            los.append(rec["kendall"] - ci[0])
+            his.append(ci[1] - rec["kendall"])
+            colours.append(colour)
+        y = range(len(labels))
+        ax.barh(y, vals, xerr=[los, his], color=colours, capsize=3)
+        ax.set_yticks(list(y), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("Kendall tau (95 % bootstrap)")
+        ax.set_title(bench, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("EMQ studies: chosen formula per study vs the best hand-crafted proxy (chosen on validation)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def splice(readme: Path, text: str) -> None:
+    """Replace the text between ``<!-- emq-studies -->`` and ``<!-- /emq-studies -->`` in ``readme``."""
+    src = readme.read_text()
+    pat = re.compile(rf"(<!-- {MARK} -->\n).*?(<!-- /{MARK} -->)", re.S)
+    if not pat.search(src):
+        raise SystemExit(f"{readme}: no <!-- {MARK} --> ... <!-- /{MARK} --> markers")
+    readme.write_text(pat.sub(lambda m: m.group(1) + text + "\n" + m.group(2), src))
+
+
+def main() -> None:
+    """Entry point."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default=str(ROOT / "results"), help="folder holding emq-study-*/study.json")
+    p.add_argument("--readme", help="README to splice the table into")
+    p.add_argument("--json", default=None, help="summary JSON (default RESULTS/emq-studies.json)")
+    p.add_argument("--plot", default=None, help="plot file (default RESULTS/emq-studies.png)")
+    args = p.parse_args()
+    res = Path(args.results)
+    paths = sorted(res.glob("emq-study-*/study.json"))
+    if not paths:
+        raise SystemExit(f"no emq-study-*/study.json under {res}")
+    rows = [r for path in paths for r in study_rows(path)]
+    order = {"search": 0, "transfer": 1, "fresh": 2}
+    rows.sort(key=lambda r: (r["study"], order[r["role"]], r["bench"]))
+    text = table(rows) + "\n\nChosen formulas:\n\n" + formulas(paths)
+    print(text)
+    (Path(args.json) if args.json else res / "emq-studies.json").write_text(json.dumps(rows, indent=1) + "\n")
+    plot(rows, Path(args.plot) if args.plot else res / "emq-studies.png")
+    if args.readme:
+        splice(Path(args.readme), text)
+
+
+if __name__ == "__main__":
+    main()
