@@ -11,6 +11,7 @@ from scipy import special, stats
 from torch import nn
 
 from mixq.emq import FormulaProxy, Genotype, compute_inputs, crossover, mutate, random_genotype
+from mixq.emq.inputs import PerturbedInputs
 from mixq.emq.interpret import FormulaError, check_shapes, gain_table, layer_values
 from mixq.emq.ops import BINARY, UNARY, ShapeError, binary_shape, unary_shape
 from mixq.emq.proxy import resolve_proxy
@@ -354,6 +355,33 @@ def test_screening_reasons(fitness):
     assert state.screened["duplicate"] == 0 and again.reason == "equivalent"  # same gains, other canonical form
     fitness.evaluate(good, state)
     assert state.screened["duplicate"] == 1 and state.screened["equivalent"] == 1
+
+
+def test_perturbed_inputs_are_seeded_small_and_shape_preserving(tiny):
+    inputs = tiny[3]
+    a, b = PerturbedInputs(inputs), PerturbedInputs(inputs)
+    for src, bits in (("weight", None), ("qerror", 3), ("nerror", 2)):
+        x, xa = inputs.get(src, 1, bits), a.get(src, 1, bits)
+        assert xa.shape == x.shape and torch.equal(xa, b.get(src, 1, bits))  # same noise in every instance
+        rel = (xa - x)[x != 0] / x[x != 0]
+        assert 0.5e-5 < float(rel.std()) < 2e-5 and float(rel.abs().max()) < 1e-4
+    assert a.sources == inputs.sources and a.layer_names == inputs.layer_names
+
+
+def test_unstable_screen_rejects_rounding_noise_and_keeps_real_signal(tiny, fitness):
+    inputs = tiny[3]
+    # mean(znorm(Q_b)) is 0 up to float rounding: its ranking of configurations is noise
+    noise = Genotype("linear", ("qerror",), (("normalize", "mean", "identity", "identity"),), None, "sum",
+                     "direct", 1)
+    values = layer_values(noise, inputs, fitness.bit_values)
+    assert np.all(np.abs(values) < 1e-6) and np.ptp(values) > 0
+    bits = np.array(fitness.bit_values)[fitness.cols]
+    off = FormulaFitness(inputs, bits, fitness.accuracy, "kendall", stability=0)
+    assert off.assess(noise)[1] is None  # without the check it would be scored
+    out = fitness.evaluate(noise, SearchState())
+    assert out.reason == "unstable" and out.fitness == float("-inf")
+    good = tree("weight", ["abs", "mean"], "weight", ["abs", "mean"], "add", aggregate="log-bits")
+    assert fitness.assess(good)[0] == off.assess(good)[0] > 0.9  # a real signal passes, with the same fitness
 
 
 def test_search_same_seed_same_genotype_and_finds_target(fitness):

@@ -21,7 +21,7 @@ def cmd_emq_search(args: argparse.Namespace) -> int:
     config = EMQConfig(candidates=args.candidates, population=args.population, structures=tuple(args.structures),
                        sources=tuple(args.sources),
                        metric=args.metric, train_fraction=args.train_fraction, seed=args.seed,
-                       proxy_batch=args.proxy_batch, hessian_samples=args.hessian_samples)
+                       proxy_batch=args.proxy_batch, hessian_samples=args.hessian_samples, stability=args.stability)
     with locked(output_folder(args.out)):  # a bad or busy --out fails before any work; the report is covered too
         r = emq_search(args.bench, args.out, config, data_root=args.data_root, model_root=args.model_root,
                        baselines=False if args.no_baselines else (args.baselines or True),
@@ -41,7 +41,7 @@ def cmd_emq_study(args: argparse.Namespace) -> int:
     """The leak-free study: evolve on the benchmarks' train parts, choose on validation, score test once."""
     search = EMQConfig(candidates=args.candidates, population=args.population, structures=tuple(args.structures),
                        sources=tuple(args.sources), proxy_batch=args.proxy_batch,
-                       hessian_samples=args.hessian_samples)
+                       hessian_samples=args.hessian_samples, stability=args.stability)
     config = StudyConfig(fractions=tuple(args.fractions), split_seed=args.split_seed, seeds=tuple(args.seeds),
                          reduce=args.reduce, objective=args.objective, size_penalty=args.size_penalty,
                          finalists=args.finalists,
@@ -97,6 +97,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="labelled calibration images for the sources (default %(default)s)")
     p.add_argument("--hessian-samples", type=int, default=d.hessian_samples,
                    help="Rademacher vectors of the Hessian diagonal (default %(default)s)")
+    p.add_argument("--stability", type=float, default=d.stability,
+                   help="screen out a formula whose fitness moves by more than this when every source is "
+                        "perturbed by a relative 1e-5 (rounding noise, not signal); 0 = off (default %(default)s)")
     p.add_argument("--sources", nargs="+", choices=list(SOURCES), default=list(d.sources),
                    help="input sources the formulas may read (default: all; EMQ's own are act grad weight hessian "
                         "vgrad qerror)")
@@ -153,6 +156,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="labelled training images for the sources (default %(default)s)")
     p.add_argument("--hessian-samples", type=int, default=d.hessian_samples,
                    help="Rademacher vectors of the Hessian diagonal (default %(default)s)")
+    p.add_argument("--stability", type=float, default=d.stability,
+                   help="screen out a formula whose fitness moves by more than this when every source is "
+                        "perturbed by a relative 1e-5 (rounding noise, not signal); 0 = off (default %(default)s)")
     p.add_argument("--baselines", nargs="+", metavar="PROXY", help="hand-crafted proxies (default: all registered)")
     p.add_argument("--stats-cache", help="folder of per-model .npz caches of the hand-crafted statistics")
     p.add_argument("--data-root")

@@ -181,7 +181,7 @@ def _search_locked(bench_path: str | os.PathLike, out: Path, config: EMQConfig, 
     inputs = compute_inputs(qm, qm.layer_names, x, y, sources=config.sources,
                             hessian_samples=config.hessian_samples, seed=config.seed)
     inputs_seconds = time.perf_counter() - t0
-    fitness = FormulaFitness(inputs, data.train_bits, data.train_acc, config.metric)
+    fitness = FormulaFitness(inputs, data.train_bits, data.train_acc, config.metric, config.stability)
     atomic_write_json(out / "config.json", {"bench": str(bench_path), **config.to_dict()})
     state = run_search(config, fitness, state_path, progress=progress, signature=signature)
     best, best_fit = state.best()

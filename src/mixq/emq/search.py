@@ -22,6 +22,10 @@ counted by reason:
 * ``probe``: NaN / inf on a probe layer (the smallest), before the other layers are computed;
 * ``nonfinite``: NaN / inf on any other layer;
 * ``degenerate``: scores that cannot rank (fewer than 3 distinct values over the training configurations);
+* ``unstable``: a fitness that moves by more than ``stability`` when every source is perturbed by a
+  relative 1e-5 (:class:`~mixq.emq.inputs.PerturbedInputs`, about 100x float32 rounding): its ranking is
+  rounding noise (e.g. ``mean(znorm(X))``, which is 0 up to rounding), would differ on another machine and
+  would not hold on fresh configurations;
 * ``equivalent``: the same gain table, up to a positive factor, as a formula already evaluated
   (its fitness is reused, no correlation is computed).
 
@@ -46,14 +50,17 @@ import numpy as np
 from scipy import stats as sstats
 
 from mixq.emq.genotype import STRUCTURES, Genotype, crossover, mutate, random_genotype
-from mixq.emq.inputs import SOURCES, FormulaInputs
+from mixq.emq.inputs import SOURCES, FormulaInputs, PerturbedInputs
 from mixq.emq.interpret import FormulaError, check_shapes, gain_table, layer_values
 from mixq.errors import MixqError
 from mixq.fileio import atomic_write_json, check_signature
 from mixq.progress import progress_bar
 
 METRICS = ("kendall", "spearman")
-SCREEN_REASONS = ("duplicate", "bit-blind", "shape", "probe", "nonfinite", "degenerate", "equivalent")
+SCREEN_REASONS = ("duplicate", "bit-blind", "shape", "probe", "nonfinite", "degenerate", "unstable", "equivalent")
+
+#: Default largest change of a formula's fitness under :class:`~mixq.emq.inputs.PerturbedInputs` (0 = no check).
+STABILITY = 0.005
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,8 @@ class EMQConfig:
         proxy_batch: labelled calibration images for the sources.
         hessian_samples: Rademacher vectors of the Hessian-diagonal source.
         checkpoint_every: iterations between checkpoints.
+        stability: largest change of a formula's fitness when its sources are perturbed by a relative 1e-5;
+            a formula that moves more is screened as ``unstable`` (0 turns the check off).
     """
 
     candidates: int = 1000
@@ -88,6 +97,7 @@ class EMQConfig:
     proxy_batch: int = 64
     hessian_samples: int = 16
     checkpoint_every: int = 25
+    stability: float = STABILITY
 
     def __post_init__(self) -> None:
         if self.population < 2:
@@ -104,6 +114,8 @@ class EMQConfig:
             v = getattr(self, name)
             if not 0 <= v <= 1:
                 raise MixqError(f"{name} must be in [0, 1], got {v}")
+        if not self.stability >= 0:
+            raise MixqError(f"stability must be >= 0 (0 = off), got {self.stability}")
         unknown = sorted(set(self.sources) - set(SOURCES))
         if unknown or not self.sources:
             raise MixqError(f"sources must be some of {list(SOURCES)}, got {list(self.sources)}")
@@ -235,10 +247,14 @@ class FormulaFitness(ScreenedFitness):
         bits: ``(n, L)`` weight bits of the training configurations.
         accuracy: ``(n,)`` their top-1.
         metric: ``"kendall"`` or ``"spearman"``.
+        stability: largest fitness change under :class:`~mixq.emq.inputs.PerturbedInputs` (0 = no check).
     """
 
-    def __init__(self, inputs: FormulaInputs, bits: np.ndarray, accuracy: np.ndarray, metric: str) -> None:
+    def __init__(self, inputs: FormulaInputs, bits: np.ndarray, accuracy: np.ndarray, metric: str,
+                 stability: float = STABILITY) -> None:
         self.inputs = inputs
+        self.stability = float(stability)
+        self._perturbed: PerturbedInputs | None = None
         self.bit_values = sorted({int(b) for b in np.unique(bits)})
         col = {b: k for k, b in enumerate(self.bit_values)}
         self.cols = np.vectorize(col.__getitem__)(bits)  # (n, L)
@@ -288,7 +304,20 @@ class FormulaFitness(ScreenedFitness):
         f = correlation(self.metric, scores, self.accuracy)
         if not np.isfinite(f):
             return fail, "degenerate", None
+        if self.stability > 0 and not self._stable(g, f):
+            return fail, "unstable", None
         return f, None, gains
+
+    def _stable(self, g: Genotype, f: float) -> bool:
+        """Whether the fitness stays within ``stability`` of ``f`` on perturbed sources."""
+        if self._perturbed is None:
+            self._perturbed = PerturbedInputs(self.inputs)
+        with np.errstate(all="ignore"):
+            gains = gain_table(g, layer_values(g, self._perturbed, self.bit_values), self.bit_values)
+            scores = self.scores(gains)
+        if not np.all(np.isfinite(scores)) or np.ptp(scores) == 0:
+            return False
+        return abs(correlation(self.metric, scores, self.accuracy) - f) <= self.stability
 
 def _fingerprint(gains: np.ndarray) -> str:
     scale = float(np.max(np.abs(gains)))

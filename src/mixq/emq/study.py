@@ -40,7 +40,7 @@ from mixq.bench import MQBench
 from mixq.emq.genotype import Genotype
 from mixq.emq.inputs import FormulaInputs, compute_inputs, source_summary
 from mixq.emq.run import bench_sha256, screening_summary
-from mixq.emq.search import EMQConfig, FormulaFitness, ScreenedFitness, correlation, run_search
+from mixq.emq.search import STABILITY, EMQConfig, FormulaFitness, ScreenedFitness, correlation, run_search
 from mixq.errors import MixqError
 from mixq.evaluation.task import load_task
 from mixq.fileio import atomic_write_json, atomic_write_text, locked
@@ -179,14 +179,14 @@ class StudyBench:
     y: torch.Tensor
     inputs: FormulaInputs
     seconds: float = 0.0
-    _fitness: dict[tuple[str, str], FormulaFitness] = field(default_factory=dict, repr=False)
+    _fitness: dict[tuple[str, str, float], FormulaFitness] = field(default_factory=dict, repr=False)
 
-    def fitness(self, part: str, metric: str = "kendall") -> FormulaFitness:
-        """The formula fitness on one part (built once)."""
-        key = (part, metric)
+    def fitness(self, part: str, metric: str = "kendall", stability: float = STABILITY) -> FormulaFitness:
+        """The formula fitness on one part (built once per part, metric and stability threshold)."""
+        key = (part, metric, float(stability))
         if key not in self._fitness:
             idx = self.parts[part]
-            self._fitness[key] = FormulaFitness(self.inputs, self.bits[idx], self.acc[idx], metric)
+            self._fitness[key] = FormulaFitness(self.inputs, self.bits[idx], self.acc[idx], metric, stability)
         return self._fitness[key]
 
     def formula_scores(self, g: Genotype, part: str) -> np.ndarray:
@@ -259,11 +259,13 @@ class MultiFitness(ScreenedFitness):
         metric: ``"kendall"`` or ``"spearman"``.
         offsets: subtracted from each benchmark's correlation before the reduction (the ``"gain"``
             objective: each benchmark's best hand-crafted correlation on its train part); default none.
+        stability: the ``unstable`` screen's threshold on each benchmark (0 = off).
     """
 
     def __init__(self, benches: Sequence[StudyBench], reduce: str = "min", size_penalty: float = 0.0,
-                 metric: str = "kendall", offsets: Sequence[float] | None = None) -> None:
-        self.parts = [b.fitness("train", metric) for b in benches]
+                 metric: str = "kendall", offsets: Sequence[float] | None = None,
+                 stability: float = STABILITY) -> None:
+        self.parts = [b.fitness("train", metric, stability) for b in benches]
         self.reduce, self.size_penalty = reduce, size_penalty
         self.offsets = [0.0] * len(self.parts) if offsets is None else [float(o) for o in offsets]
         if len(self.offsets) != len(self.parts):
@@ -430,7 +432,8 @@ def _study_locked(out: Path, config: StudyConfig, search_paths: list[str], trans
             if name is None or name_val is None:
                 raise MixqError(f"objective 'gain': no hand-crafted proxy gives non-constant scores on "
                                 f"{b.path!r}")
-    fitness = MultiFitness(search, config.reduce, config.size_penalty, config.search.metric, offsets_train)
+    fitness = MultiFitness(search, config.reduce, config.size_penalty, config.search.metric, offsets_train,
+                           config.search.stability)
     signature = {"benches": {b.path: b.digest for b in search}, "split_seed": config.split_seed,
                  "fractions": list(config.fractions), "reduce": config.reduce,
                  "size_penalty": config.size_penalty}
