@@ -10,6 +10,9 @@ lower bound on what an additive score can reach: it has one free value per (laye
 hundred labels, and the learning curve (the fit on 25 / 50 / 100 % of the train part) shows how much the
 number of labelled configurations limits it.
 
+``--references`` also scores a few fixed, hand-written formulas of the search space on the train and
+validation parts (never test): which single source carries the ranking on which architecture.
+
     python benchmarks/emq_ceiling.py results/mqbench-resnet20-jpeg.sqlite results/mqbench-mobilenetv2-jpeg.sqlite \\
         results/mqbench-resnet18-jpeg.sqlite --study results/emq-study-joint/study.json
 """
@@ -28,12 +31,41 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from mixq.bench import MQBench  # noqa: E402
+from mixq.emq.genotype import Genotype  # noqa: E402
 from mixq.emq.search import correlation  # noqa: E402
-from mixq.emq.study import StudyConfig, partition  # noqa: E402
+from mixq.emq.study import StudyConfig, load_bench, partition  # noqa: E402
 from mixq.provenance import versions  # noqa: E402
 from mixq.proxies.rank import bootstrap_interval  # noqa: E402
 
 ALPHAS = tuple(10.0 ** k for k in range(-3, 4))
+
+_ID2, _ID4 = ("identity",) * 2, ("identity",) * 4
+REFERENCES = {
+    "-sum_l ||D_b||^2 (EvoQ's sensitivity)": Genotype("linear", ("nerror",), (("square",) + _ID4[1:],), None,
+                                                      "sum", "direct", -1),
+    "-sum_l ||E_b||^2 (layer output MSE)": Genotype("linear", ("oerror",), (("square",) + _ID4[1:],), None,
+                                                    "sum", "direct", -1),
+    "-sum_l mean(H) ||Q_b||^2 (HAWQ-V3 from the Hessian diagonal)": Genotype(
+        "tree", ("hessian", "qerror"), (("mean", "identity"), ("square", "identity")), "mul", "sum", "direct", -1),
+    "-sum_l sum(H Q_b^2) (diagonal second-order Taylor)": Genotype(
+        "tree", ("hessian", "qerror"), (_ID2, ("square", "identity")), "mul", "sum", "direct", -1),
+    "-sum_l ||Q_b||^2 (weight quantization error)": Genotype("linear", ("qerror",), (("square",) + _ID4[1:],),
+                                                             None, "sum", "direct", -1),
+}
+
+
+def references(paths: list[str], config: StudyConfig) -> list[dict[str, Any]]:
+    """Train and validation Kendall of each :data:`REFERENCES` formula on each benchmark."""
+    rows = []
+    for path in paths:
+        b = load_bench(path, config)
+        for name, g in REFERENCES.items():
+            taus = {}
+            for part in ("train", "val"):
+                s = b.formula_scores(g, part)
+                taus[part] = correlation("kendall", s, b.acc[b.parts[part]]) if np.ptp(s) > 0 else float("nan")
+            rows.append({"bench": path, "formula": name, **taus})
+    return rows
 
 
 def one_hot(bits: np.ndarray) -> np.ndarray:
@@ -88,6 +120,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("benches", nargs="+", help="benchmark files")
     p.add_argument("--study", help="a study.json scoring these benchmarks (for the best hand-crafted proxy)")
+    p.add_argument("--references", action="store_true",
+                   help="also score fixed single-source formulas on train / validation (computes the sources)")
     p.add_argument("--out", default=str(ROOT / "results" / "emq-ceiling.json"), help="result JSON")
     args = p.parse_args()
     config = StudyConfig()
@@ -116,8 +150,18 @@ def main() -> None:
         print(f"| {Path(path).stem} | {full['test_kendall']:.3f} [{lo:.3f}, {hi:.3f}] ({steps} / "
               f"{full['test_kendall']:.3f}; n_train {curve[0.25]['n_train']}..{full['n_train']}) | "
               f"{name or '-'} {tau_hand:.3f} | {full['test_kendall'] - tau_hand:+.3f} |")
+    refs = references(args.benches, config) if args.references else []
+    if refs:
+        names = [Path(b).stem.removeprefix("mqbench-") for b in args.benches]
+        print("\n| formula (train / validation Kendall) | " + " | ".join(names) + " |")
+        print("| --- |" + " --- |" * len(names))
+        for f in REFERENCES:
+            cells = [next(f"{r['train']:.3f} / {r['val']:.3f}" for r in refs if r["bench"] == b and r["formula"] == f)
+                     for b in args.benches]
+            print(f"| `{f}` | " + " | ".join(cells) + " |")
     Path(args.out).write_text(json.dumps({"split_seed": config.split_seed, "fractions": list(config.fractions),
-                                          "alphas": list(ALPHAS), "rows": rows, "versions": versions()},
+                                          "alphas": list(ALPHAS), "rows": rows, "references": refs,
+                                          "versions": versions()},
                                          indent=1) + "\n")
     print(f"wrote {args.out}")
 

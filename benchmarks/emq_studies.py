@@ -65,6 +65,7 @@ def study_rows(path: Path) -> list[dict[str, Any]]:
                                             ("loss" if gci and gci[1] < 0 else "no demonstrated gain"))
         rows.append({
             "study": path.parent.name, "searched_on": searched, "reduce": reduce, "formula": rec["formula"],
+            "objective": rec["config"].get("objective", "kendall"),
             "chosen_seed": rec["chosen_seed"], "bench": _short(b["path"]), "role": b["role"],
             "part": b["scored_part"], "n": int(b["parts"].get(b["scored_part"], b["entries"])),
             "evolved": chosen, "seeds": spread, "best_handcrafted": best,
@@ -74,25 +75,66 @@ def study_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _rank(study: str) -> tuple[int, str]:
+    """Order of the studies in the table: joint, leave-one-out, per architecture; Kendall before gain."""
+    name = study.removeprefix("emq-study-")
+    for k, prefix in enumerate(("joint", "gain-joint", "loao-", "gain-loao-")):
+        if name == prefix or (prefix.endswith("-") and name.startswith(prefix)):
+            return k, name
+    return (9, name) if name.startswith("joint") else (5, name)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table of the rows."""
-    out = ["| study (searched on) | benchmark | role, part (n) | evolved Kendall [95 %] | seeds mean (min..max) | "
-           "best hand-crafted (on val) | its Kendall [95 %] | gain [95 %] | |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        s = r["seeds"]
-        spread = f"{s['mean']:.3f} ({s['min']:.3f}..{s['max']:.3f})" if s else "-"
-        red = f", {r['reduce']}" if r["reduce"] else ""
-        out.append(f"| {r['searched_on']}{red} | {r['bench']} | {r['role']}, {r['part']} ({r['n']}) | "
-                   f"{_ci(r['evolved'])} | {spread} | {r['best_handcrafted'] or '-'} | {_ci(r['handcrafted'])} | "
-                   f"{_ci(r['evolved'], 'gain_over_best_handcrafted', 'gain_ci', signed=True)} | {r['verdict']} |")
+    """Markdown matrix: one row per study, one column per benchmark (test part, or fresh in full).
+
+    Each cell: the chosen formula's Kendall, then its gain over the best hand-crafted proxy (chosen on that
+    model's validation part) with the 95 % interval; ``S`` = searched, ``T`` = transfer (never searched),
+    ``F`` = fresh benchmark. A bold gain has an interval above 0.
+    """
+    arch = ("resnet20", "mobilenetv2", "resnet18")
+    benches = sorted({r["bench"] for r in rows},
+                     key=lambda b: (b.count("fresh"), next((k for k, a in enumerate(arch) if b.startswith(a)), 9), b))
+    studies = sorted({r["study"] for r in rows}, key=_rank)
+    cell = {(r["study"], r["bench"]): r for r in rows}
+    head = []
+    for b in benches:
+        any_row = next(r for r in rows if r["bench"] == b)
+        head.append(f"{b} ({'all' if any_row['role'] == 'fresh' else 'test'}, n={any_row['n']})")
+    out = ["| study: searched on (reduce, objective) | " + " | ".join(head) + " |",
+           "| --- |" + " --- |" * len(benches)]
+    for st in studies:
+        first = next(r for r in rows if r["study"] == st)
+        label = f"`{st.removeprefix('emq-study-')}`: {first['searched_on']}"
+        if first["reduce"] or first["objective"] != "kendall":
+            label += f" ({', '.join(x for x in (first['reduce'], first['objective']) if x)})"
+        cells = []
+        for b in benches:
+            r = cell.get((st, b))
+            if r is None:
+                cells.append("")
+                continue
+            tag = {"search": "S", "transfer": "T", "fresh": "F"}[r["role"]]
+            e = r["evolved"]
+            if "kendall" not in e:
+                cells.append(f"{tag} {e.get('error', '-')}")
+                continue
+            g = _ci(e, "gain_over_best_handcrafted", "gain_ci", signed=True)
+            if r["verdict"] == "gain":
+                g = f"**{g}**"
+            cells.append(f"{tag} {e['kendall']:.3f}, {g}")
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    hand = []
+    for b in benches:
+        r = next((r for r in rows if r["bench"] == b and r["handcrafted"] and "kendall" in r["handcrafted"]), None)
+        hand.append(f"{r['best_handcrafted']} {_ci(r['handcrafted'])}" if r else "-")
+    out.append("| best hand-crafted (chosen on validation), Kendall [95 %] | " + " | ".join(hand) + " |")
     return "\n".join(out)
 
 
 def formulas(paths: list[Path]) -> str:
     """The chosen formula of each study, as a bullet list."""
     out = []
-    for p in paths:
+    for p in sorted(paths, key=lambda q: _rank(q.parent.name)):
         rec = json.loads(p.read_text())
         out.append(f"- `{p.parent.name}` (seed {rec['chosen_seed']}): `{rec['formula']}`")
     return "\n".join(out)
@@ -156,7 +198,7 @@ def main() -> None:
         raise SystemExit(f"no emq-study-*/study.json under {res}")
     rows = [r for path in paths for r in study_rows(path)]
     order = {"search": 0, "transfer": 1, "fresh": 2}
-    rows.sort(key=lambda r: (r["study"], order[r["role"]], r["bench"]))
+    rows.sort(key=lambda r: (_rank(r["study"]), order[r["role"]], r["bench"]))
     text = table(rows) + "\n\nChosen formulas:\n\n" + formulas(paths)
     print(text)
     (Path(args.json) if args.json else res / "emq-studies.json").write_text(json.dumps(rows, indent=1) + "\n")

@@ -40,15 +40,17 @@ def bench_path(arch: str, fresh: int | None = None) -> str:
 
 def studies() -> dict[str, dict]:
     """Study name -> ``{"search", "transfer", "reduce", "objective"}``."""
-    out: dict[str, dict] = {}
+    out: dict[str, dict] = {
+        "joint": {"search": list(ARCHS), "transfer": [], "reduce": "min", "objective": "kendall"},
+        "gain-joint": {"search": list(ARCHS), "transfer": [], "reduce": "min", "objective": "gain"},
+    }
+    for objective, prefix in (("kendall", "loao-"), ("gain", "gain-loao-")):
+        for a in ARCHS:
+            out[f"{prefix}{a}"] = {"search": [o for o in ARCHS if o != a], "transfer": [a], "reduce": "min",
+                                   "objective": objective}
     for a in ARCHS:
-        others = [o for o in ARCHS if o != a]
-        out[a] = {"search": [a], "transfer": others, "reduce": "min", "objective": "kendall"}
-        out[f"loao-{a}"] = {"search": others, "transfer": [a], "reduce": "min", "objective": "kendall"}
-        out[f"gain-loao-{a}"] = {"search": others, "transfer": [a], "reduce": "min", "objective": "gain"}
-    out["joint"] = {"search": list(ARCHS), "transfer": [], "reduce": "min", "objective": "kendall"}
+        out[a] = {"search": [a], "transfer": [o for o in ARCHS if o != a], "reduce": "min", "objective": "kendall"}
     out["joint-mean"] = {"search": list(ARCHS), "transfer": [], "reduce": "mean", "objective": "kendall"}
-    out["gain-joint"] = {"search": list(ARCHS), "transfer": [], "reduce": "min", "objective": "gain"}
     return out
 
 
