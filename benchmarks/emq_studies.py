@@ -143,14 +143,16 @@ def formulas(paths: list[Path]) -> str:
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """Kendall tau with intervals per benchmark: each study's formula against the best hand-crafted proxy."""
     plt = pyplot()
-    benches = sorted({r["bench"] for r in rows})
+    arch = ("resnet20", "mobilenetv2", "resnet18")
+    benches = sorted({r["bench"] for r in rows},
+                     key=lambda b: (b.count("fresh"), next((k for k, a in enumerate(arch) if b.startswith(a)), 9), b))
     fig, axes = plt.subplots(1, len(benches), figsize=(4.2 * len(benches), 0.45 * (1 + len(rows) / len(benches))
                                                        + 2.2), squeeze=False)
     for ax, bench in zip(axes[0], benches):
         mine = [r for r in rows if r["bench"] == bench and "kendall" in r["evolved"]]
         labels, vals, los, his, colours = [], [], [], [], []
         hand = next((r for r in mine if r["handcrafted"] and "kendall" in r["handcrafted"]), None)
-        entries = [(f"{r['searched_on']}{'/' + r['reduce'] if r['reduce'] else ''} ({r['role']})", r["evolved"],
+        entries = [(f"{r['study'].removeprefix('emq-study-')} ({r['role'][0].upper()})", r["evolved"],
                     "tab:blue" if r["role"] == "search" else "tab:orange") for r in mine]
         if hand:
             entries.append((f"{hand['best_handcrafted']} (hand-crafted)", hand["handcrafted"], "tab:gray"))
@@ -165,10 +167,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.barh(y, vals, xerr=[los, his], color=colours, capsize=3)
         ax.set_yticks(list(y), labels, fontsize=8)
         ax.invert_yaxis()
+        if hand:
+            ax.axvline(hand["handcrafted"]["kendall"], color="tab:gray", ls="--", lw=1)
         ax.set_xlabel("Kendall tau (95 % bootstrap)")
         ax.set_title(bench, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle("EMQ studies: chosen formula per study vs the best hand-crafted proxy (chosen on validation)",
+    fig.suptitle("EMQ studies: each study's formula (S searched, T transfer, F fresh) vs the best hand-crafted "
+                 "proxy chosen on validation (grey, dashed)",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
