@@ -84,6 +84,13 @@ def _rank(study: str) -> tuple[int, str]:
     return (9, name) if name.startswith("joint") else (5, name)
 
 
+def _benches(rows: list[dict[str, Any]]) -> list[str]:
+    """The benchmarks of the rows: ResNet-20, MobileNetV2, ResNet-18 (others after), fresh ones last."""
+    arch = ("resnet20", "mobilenetv2", "resnet18")
+    return sorted({r["bench"] for r in rows},
+                  key=lambda b: (b.count("fresh"), next((k for k, a in enumerate(arch) if b.startswith(a)), 9), b))
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown matrix: one row per study, one column per benchmark (test part, or fresh in full).
 
@@ -91,9 +98,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     model's validation part) with the 95 % interval; ``S`` = searched, ``T`` = transfer (never searched),
     ``F`` = fresh benchmark. A bold gain has an interval above 0.
     """
-    arch = ("resnet20", "mobilenetv2", "resnet18")
-    benches = sorted({r["bench"] for r in rows},
-                     key=lambda b: (b.count("fresh"), next((k for k, a in enumerate(arch) if b.startswith(a)), 9), b))
+    benches = _benches(rows)
     studies = sorted({r["study"] for r in rows}, key=_rank)
     cell = {(r["study"], r["bench"]): r for r in rows}
     head = []
@@ -143,9 +148,7 @@ def formulas(paths: list[Path]) -> str:
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """Kendall tau with intervals per benchmark: each study's formula against the best hand-crafted proxy."""
     plt = pyplot()
-    arch = ("resnet20", "mobilenetv2", "resnet18")
-    benches = sorted({r["bench"] for r in rows},
-                     key=lambda b: (b.count("fresh"), next((k for k, a in enumerate(arch) if b.startswith(a)), 9), b))
+    benches = _benches(rows)
     fig, axes = plt.subplots(1, len(benches), figsize=(4.2 * len(benches), 0.45 * (1 + len(rows) / len(benches))
                                                        + 2.2), squeeze=False)
     for ax, bench in zip(axes[0], benches):
