@@ -92,3 +92,26 @@ def test_user_model_from_cli(tmp_path, monkeypatch, capsys):
 def test_console_script_help():
     res = subprocess.run([sys.executable, "-m", "mixq.cli", "eval", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "--bits" in res.stdout and "MIXQ_DATA" in res.stdout
+
+
+def test_eval_on_the_validation_split(capsys, top1_by_hand):
+    import mixq
+
+    if resolve_data_root() is None:
+        pytest.skip("shared CIFAR-10 data not found")
+    assert main(["eval", "--bits", "4", "--json", "--no-progress", "--eval-split", "val", "--n-test", "200"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_test"] == 200 and out["split"].startswith("val (200 of the train images")
+    task = mixq.load_task("resnet20-jpeg", samples=50, seed=0, n_test=200, eval_split="val")
+    assert task.test.split == "val" and task.identity()["eval_split"] == "val"
+    assert "eval_split" not in mixq.load_task("resnet20-jpeg", samples=5, n_test=10).identity()  # old signatures
+    assert not set(task.test.indices.tolist()) & set(task.calib_set.indices.tolist())
+    assert out["fp32_top1"] == pytest.approx(top1_by_hand(task.model, task), abs=1e-3)
+    with pytest.raises(mixq.MixqError, match="evaluation split must be"):
+        mixq.load_task("resnet20-jpeg", samples=5, eval_split="train")
+
+
+def test_eval_split_val_on_the_demo_is_one_clear_error(demo_only, capsys):
+    assert main(["eval", "--bits", "4", "--eval-split", "val", "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert "no validation split" in err and "Traceback" not in err

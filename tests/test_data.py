@@ -111,10 +111,90 @@ def test_calibration_is_seeded(root: Path) -> None:
 
 
 def test_calibration_n_out_of_range(root: Path) -> None:
-    with pytest.raises(MixqError, match="50000"):
-        D.calibration_set("cifar10", n=50_001, data_root=root)
+    with pytest.raises(MixqError, match="45000 .*5000 validation images"):
+        D.calibration_set("cifar10", n=45_001, data_root=root)
     with pytest.raises(MixqError, match="calibration size"):
         D.calibration_set("cifar10", n=0, data_root=root)
+
+
+# --- the CIFAR-10 validation split ---------------------------------------------------------------
+
+
+def _reserved_draws(m: int = 50_000) -> np.ndarray:
+    """Every position the reserved calibration draws pick, computed here from numpy directly."""
+    hit = np.zeros(m, dtype=bool)
+    for seed in ds.RESERVED_SEEDS:
+        for n in ds.RESERVED_SIZES:
+            hit[np.random.default_rng(seed).choice(m, size=n, replace=False)] = True
+    return hit
+
+
+def test_validation_split_is_balanced_fixed_and_avoids_reserved_draws(root: Path) -> None:
+    val = D.validation_positions("cifar10", data_root=root)
+    labels = D.load_split("cifar10", "train", data_root=root, indices=[0]).labels  # decode one: cheap
+    assert labels.tolist() == [0]
+    train_labels = np.repeat(np.arange(10), 5000)  # train/<class>/... sorted: 5,000 per class, class order
+    assert val.size == 5000 and np.all(np.diff(val) > 0)
+    assert np.bincount(train_labels[val], minlength=10).tolist() == [D.VAL_PER_CLASS] * 10
+    reserved = _reserved_draws()
+    assert not reserved[val].any()
+    # "the first 500 free images of each class": every free image before a class's last val image is in val
+    in_val = np.zeros(50_000, dtype=bool)
+    in_val[val] = True
+    for c in range(10):
+        last = val[train_labels[val] == c].max()
+        before = np.arange(c * 5000, last + 1)
+        assert np.array_equal(in_val[before], ~reserved[before])
+    assert np.array_equal(D.validation_positions("cifar10", data_root=root), val)  # fixed
+    assert D.validation_positions("imagenet", data_root=root) is None
+
+
+def test_reserved_calibration_draws_are_unchanged(root: Path) -> None:
+    for seed, n in ((0, 50), (2, 64), (9, 400)):
+        got = D.calibration_set("cifar10", n=n, seed=seed, data_root=root).indices.numpy()
+        assert np.array_equal(got, np.random.default_rng(seed).choice(50_000, size=n, replace=False))
+
+
+def test_other_calibration_draws_avoid_the_validation_split(root: Path) -> None:
+    val = D.validation_positions("cifar10", data_root=root)
+    redrawn = 0
+    for seed in range(10, 16):
+        plain = np.random.default_rng(seed).choice(50_000, size=50, replace=False)
+        got = D.calibration_set("cifar10", n=50, seed=seed, data_root=root).indices.numpy()
+        assert not np.isin(got, val).any() and len(set(got.tolist())) == 50
+        if np.isin(plain, val).any():
+            pool = np.setdiff1d(np.arange(50_000), val)
+            assert np.array_equal(got, np.random.default_rng([seed, 1]).choice(pool, size=50, replace=False))
+            redrawn += 1
+        else:
+            assert np.array_equal(got, plain)
+    assert redrawn >= 1  # P(a 50-draw misses 5,000 of 50,000) = 0.5 %: the replacement path ran
+
+
+def test_val_split_loads_the_validation_images(root: Path) -> None:
+    val = D.validation_positions("cifar10", data_root=root)
+    s = D.test_set("cifar10", data_root=root, split="val", limit=100)
+    assert s.split == "val" and len(s) == 100 and torch.bincount(s.labels).tolist() == [10] * 10
+    assert np.isin(s.indices.numpy(), val).all()
+    direct = D.load_split("cifar10", "train", data_root=root, indices=s.indices)
+    assert torch.equal(direct.images, s.images) and torch.equal(direct.labels, s.labels)
+    assert len(D.test_set("cifar10", data_root=root, split="val")) == 5000
+    with pytest.raises(MixqError, match="exclude"):
+        D.test_set("cifar10", data_root=root, split="val", exclude=[1])
+    with pytest.raises(MixqError, match="evaluation split 'holdout'"):
+        D.test_set("cifar10", data_root=root, split="holdout")
+    with pytest.raises(MixqError, match="evaluation split 'val' for dataset 'imagenet'"):
+        D.test_set("imagenet", data_root=root, split="val")
+
+
+def test_demo_has_no_validation_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ds, "resolve_data_root", lambda arg=None: None)
+    monkeypatch.setattr(ds, "_demo_warned", True)
+    assert D.validation_positions("cifar10") is None
+    with pytest.raises(MixqError, match="no validation split .*demo"):
+        D.test_set("cifar10", split="val")
+    got = D.calibration_set("cifar10", n=50, seed=3).indices.numpy()  # the demo draw is unchanged
+    assert np.array_equal(got, np.random.default_rng(3).choice(200, size=50, replace=False))
 
 
 def test_test_set_limit_is_stratified(root: Path, cifar_test: D.ImageSet) -> None:

@@ -130,7 +130,7 @@ def _allocate_locked(task: Task, proxy: str, budget: Budget, bit_choices: Sequen
     r = {"model": task.name, "proxy": proxy, "proxy_name": p.name, "budget_avg_bits": budget.avg_bits,
          "budget_size_mb": budget.size_mb, "max_gbitops": max_gbitops, "avg_bits": qm.avg_bits(),
          "size_mb": qm.size_mb(), "proxy_seconds": stats.seconds, "samples": int(task.calib.shape[0]),
-         "seed": task.seed, "n_test": len(task.test),
+         "seed": task.seed, "test_split": task.split_text(), "n_test": len(task.test),
          "fp32_top1": task.top1(task.model, progress=progress, desc="fp32"),
          "quant_top1": task.top1(qm, progress=progress, desc="allocated")}
     if calibrate_after:

@@ -47,6 +47,10 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of the calibration draw (default %(default)s)")
     g.add_argument("--n-test", type=int, default=None,
                    help="evaluate on a class-balanced subset of this many test images (default: all)")
+    g.add_argument("--eval-split", choices=["test", "val"], default="test",
+                   help="images to evaluate on: test (default), or val, CIFAR-10's fixed validation part of "
+                        "train (500 per class, never drawn for calibration), for choosing settings without "
+                        "touching the test split")
     g.add_argument("--act-bits", type=int, default=8,
                    help="input (activation) bits of every quantized layer, 32 = float (default %(default)s)")
     g.add_argument("--batch-size", type=int, default=500, help="evaluation batch size (default %(default)s)")
@@ -67,7 +71,7 @@ def task_from_args(args: argparse.Namespace) -> Task:
     return load_task(
         args.model, samples=args.samples, seed=args.seed, data_root=args.data_root,
         model_root=args.model_root, n_test=args.n_test, checkpoint=args.checkpoint,
-        dataset=args.dataset, mean=args.mean, std=args.std,
+        dataset=args.dataset, mean=args.mean, std=args.std, eval_split=getattr(args, "eval_split", "test"),
     )
 
 

@@ -66,7 +66,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         what = f"{args.bits}-bit weights" if args.bits is not None else f"config {args.config}"
-        print(f"model      {task.name}  ({task.dataset}, {len(task.test)} test images, "
+        print(f"model      {task.name}  ({task.dataset}, {len(task.test)} {task.eval_split} images, "
               f"{args.samples} calibration samples, seed {args.seed})")
         print(f"quantizer  {what}, {args.act_bits}-bit activations; "
               f"{len(qm.fold_report.folded)} BatchNorm folded")
@@ -78,8 +78,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _task_fields(task: Task) -> dict[str, str]:
     """The first keys of both result objects of ``mixq eval``: model, dataset and split."""
-    return {"model": task.name, "dataset": task.dataset,
-            "split": "test" if task.dataset == "cifar10" else "sample (calibration images excluded)"}
+    return {"model": task.name, "dataset": task.dataset, "split": task.split_text()}
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -114,7 +113,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"model      {task.name}  ({task.dataset}, {len(task.test)} test images, "
+    print(f"model      {task.name}  ({task.dataset}, {len(task.test)} {task.eval_split} images, "
           f"{args.samples} calibration samples, seed {args.seed}); {args.act_bits}-bit activations")
     print(f"{'weights':10} {'top-1 %':>8} {'size MB':>9} {'avg bits':>9}")
     print(f"{'FP32':10} {fp32:8.2f} {qm.size_mb(32):9.4f} {32:9.2f}")

@@ -11,6 +11,7 @@ from mixq.data.datasets import (
     IMAGENET_STD,
     NORMALIZATIONS,
     SPLITS,
+    VAL_PER_CLASS,
     ImageSet,
     batches,
     calibration_set,
@@ -18,6 +19,7 @@ from mixq.data.datasets import (
     normalize,
     split_size,
     test_set,
+    validation_positions,
 )
 from mixq.data.zipimages import cache_info, clear_cache, decode_members, list_members
 
@@ -32,6 +34,7 @@ __all__ = [
     "IMAGENET_STD",
     "NORMALIZATIONS",
     "SPLITS",
+    "VAL_PER_CLASS",
     "ImageSet",
     "batches",
     "cache_info",
@@ -43,4 +46,5 @@ __all__ = [
     "normalize",
     "split_size",
     "test_set",
+    "validation_positions",
 ]

@@ -15,6 +15,14 @@ When no data folder is found, CIFAR-10 falls back to the embedded demo archive
 ``mixq/_demo/cifar10-demo.zip`` (200 train images, 20 per class, and the first 50 test images of each
 class) with a one-time warning. There is no ImageNet fallback.
 
+CIFAR-10 validation split (``"val"``): :data:`VAL_PER_CLASS` train images of each class, fixed and
+never drawn for calibration, so that settings can be chosen without the test split. It is carved around
+the calibration draws of the shipped results: the images that :data:`RESERVED_SEEDS` x
+:data:`RESERVED_SIZES` draws (``default_rng(seed).choice(50000, n)``) pick are left out, and of the rest
+the first :data:`VAL_PER_CLASS` of each class in member order form ``val``. Calibration then draws from
+``train`` minus ``val`` (see :func:`calibration_set`), and every reserved draw is unchanged. The
+embedded demo archive is too small for a validation split.
+
 ImageNet calibration/test overlap: the ImageNet sample has no train split, so :func:`calibration_set`
 draws from the same 1000 images that :func:`test_set` evaluates on. Pass the calibration set as
 ``test_set(..., exclude=calib)`` to evaluate on the held-out remainder; by default (``exclude=None``)
@@ -24,6 +32,7 @@ should say so when reporting.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
@@ -49,13 +58,17 @@ __all__ = [
     "IMAGENET_STD",
     "NORMALIZATIONS",
     "ImageSet",
+    "RESERVED_SEEDS",
+    "RESERVED_SIZES",
     "SPLITS",
+    "VAL_PER_CLASS",
     "batches",
     "calibration_set",
     "load_split",
     "normalize",
     "split_size",
     "test_set",
+    "validation_positions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -101,6 +114,15 @@ _SPECS: dict[str, _Spec] = {
 #: Valid split names per data set.
 SPLITS: dict[str, tuple[str, ...]] = {name: tuple(spec.zips) for name, spec in _SPECS.items()}
 
+#: Images per class in the CIFAR-10 validation split (carved from train).
+VAL_PER_CLASS = 500
+#: Calibration seeds whose draws of :data:`RESERVED_SIZES` images the validation split avoids.
+RESERVED_SEEDS: tuple[int, ...] = tuple(range(10))
+#: Calibration sizes whose draws with :data:`RESERVED_SEEDS` the validation split avoids.
+RESERVED_SIZES: tuple[int, ...] = (50, 64, 100, 128, 200, 256, 400, 500)
+#: Name of the validation split (CIFAR-10 only; its images live in the train archive).
+VAL_SPLIT = "val"
+
 _demo_warned = False
 
 
@@ -112,7 +134,8 @@ class ImageSet:
         images: uint8 ``(N, 3, H, W)``, RGB.
         labels: int64 ``(N,)``.
         name: data set name (``"cifar10"`` or ``"imagenet"``).
-        split: split name (``"train"``, ``"test"``, ``"sample"``).
+        split: split name (``"train"``, ``"test"``, ``"sample"``, or ``"val"`` for the CIFAR-10 validation
+            split, whose ``indices`` are positions in the train split).
         indices: int64 ``(N,)`` positions of the images in the split's sorted member list (``None`` for
             sets built by hand); lets a test set exclude calibration images.
     """
@@ -288,6 +311,42 @@ def load_split(
     return _decode(dataset, split, path, members, labels, idx)
 
 
+@functools.lru_cache(maxsize=4)
+def _validation_cached(path: Path, stamp: tuple[int, int]) -> np.ndarray | None:
+    members, labels = _members_and_labels("cifar10", "train", path)
+    reserved = np.zeros(len(members), dtype=bool)
+    for seed in RESERVED_SEEDS:
+        for n in RESERVED_SIZES:
+            if n <= len(members):
+                reserved[np.random.default_rng(seed).choice(len(members), size=n, replace=False)] = True
+    chosen = []
+    for c in range(len(CIFAR10_CLASSES)):
+        free = np.flatnonzero((labels == c) & ~reserved)
+        if free.size < 2 * VAL_PER_CLASS:  # the demo archive (20 per class) has none to spare
+            return None
+        chosen.append(free[:VAL_PER_CLASS])
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def validation_positions(dataset: str, data_root: str | os.PathLike | None = None) -> np.ndarray | None:
+    """Positions in the train split of the CIFAR-10 validation images (see the module docstring).
+
+    Args:
+        dataset: ``"cifar10"`` (other data sets have no validation split).
+        data_root: see :func:`load_split`.
+
+    Returns:
+        Sorted int64 positions, :data:`VAL_PER_CLASS` per class; ``None`` when the train archive is too small
+        to hold one (the embedded demo) or the data set has none.
+    """
+    if dataset != "cifar10":
+        return None
+    path = _archive(dataset, "train", data_root)
+    st = path.stat()
+    got = _validation_cached(path.resolve(), (st.st_size, st.st_mtime_ns))
+    return None if got is None else got.copy()
+
+
 def calibration_set(
     dataset: str,
     n: int = 50,
@@ -300,9 +359,13 @@ def calibration_set(
     Positions are ``numpy.random.default_rng(seed).choice(M, n, replace=False)`` over the split's ``M``
     sorted members, kept in drawn order (classes come mixed). Same seed and split -> same images.
 
-    CIFAR-10 samples from ``train`` (disjoint from the test split). ImageNet has only ``sample``, the
-    same images :func:`test_set` uses: pass the result as ``test_set(..., exclude=calib)`` to evaluate
-    on the held-out rest.
+    CIFAR-10 samples from ``train`` minus the validation split (disjoint from ``val`` and ``test``): when
+    the draw above hits a validation image, it is replaced by ``default_rng([seed, 1]).choice`` over the
+    train positions outside ``val``. Either way the sample is a uniform draw from train minus val, and the
+    reserved draws (:data:`RESERVED_SEEDS` x :data:`RESERVED_SIZES`) never need the replacement.
+
+    ImageNet has only ``sample``, the same images :func:`test_set` uses: pass the result as
+    ``test_set(..., exclude=calib)`` to evaluate on the held-out rest.
 
     Args:
         dataset: ``"cifar10"`` or ``"imagenet"``.
@@ -321,12 +384,16 @@ def calibration_set(
     split = spec.calib_split if split is None else split
     path = _archive(dataset, split, data_root)
     members, labels = _members_and_labels(dataset, split, path)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 or n > len(members):
-        raise MixqError(
-            f"calibration size n={n!r} is invalid: expected an integer from 1 to {len(members)} "
-            f"(the size of {dataset} split {split!r})"
-        )
+    val = validation_positions(dataset, data_root) if split == "train" else None
+    allowed = len(members) - (0 if val is None else val.size)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 or n > allowed:
+        what = f"the size of {dataset} split {split!r}" + ("" if val is None else f" minus its {val.size} "
+                                                                                  f"validation images")
+        raise MixqError(f"calibration size n={n!r} is invalid: expected an integer from 1 to {allowed} ({what})")
     idx = np.random.default_rng(seed).choice(len(members), size=int(n), replace=False).astype(np.int64)
+    if val is not None and np.isin(idx, val).any():
+        pool = np.setdiff1d(np.arange(len(members), dtype=np.int64), val)
+        idx = np.random.default_rng([seed, 1]).choice(pool, size=int(n), replace=False).astype(np.int64)
     return _decode(dataset, split, path, members, labels, idx)
 
 
@@ -364,8 +431,9 @@ def test_set(
     data_root: str | os.PathLike | None = None,
     limit: int | None = None,
     exclude: ImageSet | Sequence[int] | np.ndarray | torch.Tensor | None = None,
+    split: str | None = None,
 ) -> ImageSet:
-    """Load the evaluation images: the CIFAR-10 ``test`` split or the ImageNet ``sample``.
+    """Load the evaluation images: the CIFAR-10 ``test`` (or ``val``) split or the ImageNet ``sample``.
 
     ``limit`` takes a deterministic, class-balanced subset (see below), in member order; for CIFAR-10,
     ``limit=500`` is exactly the first 50 test images of each class, which is the embedded demo's test
@@ -379,14 +447,22 @@ def test_set(
         limit: at most this many images (``None`` = all). Must be >= 1.
         exclude: positions (or an :class:`ImageSet` from the same split, e.g. an ImageNet calibration
             set) to leave out before applying ``limit``.
+        split: ``None`` (the data set's test split) or ``"val"`` (CIFAR-10's validation split, carved from
+            train; its :attr:`ImageSet.indices` are positions in the train split).
 
     Returns:
         An :class:`ImageSet` of the selected images, in member order.
 
     Raises:
-        MixqError: bad dataset, missing/corrupt data, bad ``limit``, or ``exclude`` from another split.
+        MixqError: bad dataset, missing/corrupt data, bad ``limit``, ``exclude`` from another split, or a
+            validation split where there is none.
     """
     spec = _spec(dataset)
+    if split is not None and split != spec.test_split and not (split == VAL_SPLIT and dataset == "cifar10"):
+        raise MixqError(f"unknown evaluation split {split!r} for dataset {dataset!r}; expected "
+                        f"{spec.test_split!r}" + (f" or {VAL_SPLIT!r}" if dataset == "cifar10" else ""))
+    if split == VAL_SPLIT:
+        return _validation_set(dataset, data_root, limit, exclude)
     split = spec.test_split
     path = _archive(dataset, split, data_root)
     members, labels = _members_and_labels(dataset, split, path)
@@ -400,13 +476,35 @@ def test_set(
                 )
             exclude = exclude.indices
         keep[_as_indices(exclude, len(members), "exclude")] = False
-    pool = np.flatnonzero(keep)
+    return _limited(dataset, split, path, members, labels, np.flatnonzero(keep), limit)
+
+
+def _limited(dataset: str, split: str, path: Path, members: list[str], labels: np.ndarray, pool: np.ndarray,
+             limit: int | None, name: str | None = None) -> ImageSet:
+    """Decode ``pool`` (positions), or its class-balanced subset of ``limit`` images."""
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
             raise MixqError(f"test limit={limit!r} is invalid: expected a positive integer or None")
         if limit < pool.size:
             pool = pool[_stratified(labels[pool], int(limit))]
-    return _decode(dataset, split, path, members, labels, pool.astype(np.int64))
+    out = _decode(dataset, split, path, members, labels, pool.astype(np.int64))
+    return out if name is None else ImageSet(out.images, out.labels, dataset, name, out.indices)
+
+
+def _validation_set(dataset: str, data_root: str | os.PathLike | None, limit: int | None,
+                    exclude: ImageSet | Sequence[int] | np.ndarray | torch.Tensor | None) -> ImageSet:
+    """The CIFAR-10 validation images (``split="val"``, indices in the train split)."""
+    if exclude is not None:
+        raise MixqError("exclude is for the ImageNet sample; the CIFAR-10 validation split is already disjoint "
+                        "from every calibration draw")
+    val = validation_positions(dataset, data_root)
+    if val is None:
+        raise MixqError(f"no validation split for {dataset}: it needs the full CIFAR-10 train archive "
+                        f"({VAL_PER_CLASS} images per class are carved from it); the embedded demo is too small. "
+                        f"Pass --data-root (a folder holding cifar10-jpeg/)")
+    path = _archive(dataset, "train", data_root)
+    members, labels = _members_and_labels(dataset, "train", path)
+    return _limited(dataset, "train", path, members, labels, val, limit, name=VAL_SPLIT)
 
 
 test_set.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite the name

@@ -117,7 +117,7 @@ def _load_search_data(
     qm = QuantModel(task.model, calib=task.calib)
     if list(meta["layer_names"]) != qm.layer_names:
         raise MixqError(f"benchmark {str(bench_path)!r} has other layers than model {model!r}")
-    task_id = {k: v for k, v in task.identity().items() if k not in ("n_test", "test_sha256")}
+    task_id = {k: v for k, v in task.identity().items() if k not in ("n_test", "test_sha256", "eval_split")}
     identity = {"bench": str(Path(bench_path).resolve()), "bench_sha256": digest, "task": task_id}
     return _SearchData(
         model=model, meta=meta, identity=identity, qm=qm, x=task.calib, y=task.calib_set.labels,

@@ -37,6 +37,8 @@ class Task:
         calib_set: the calibration images (uint8) with their positions in the split.
         test: the evaluation images (uint8).
         seed: calibration sampling seed.
+        eval_split: which split ``test`` holds: ``"test"`` (the data set's test images; for ImageNet the
+            sample minus the calibration images) or ``"val"`` (CIFAR-10's validation split, carved from train).
     """
 
     name: str
@@ -48,6 +50,7 @@ class Task:
     calib_set: ImageSet
     test: ImageSet
     seed: int
+    eval_split: str = "test"
 
     def test_batches(self, batch_size: int = 500) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Normalised test batches.
@@ -87,10 +90,19 @@ class Task:
         Returns:
             ``{"model", "model_sha256", "dataset", "samples", "seed", "calib_sha256", "n_test", "test_sha256"}``.
         """
-        return {"model": self.name, "model_sha256": tensors_sha256(self.model.state_dict().items()),
-                "dataset": self.dataset, "samples": int(self.calib.shape[0]), "seed": self.seed,
-                "calib_sha256": tensors_sha256([("calib", self.calib)]), "n_test": len(self.test),
-                "test_sha256": tensors_sha256([("images", self.test.images), ("labels", self.test.labels)])}
+        out = {"model": self.name, "model_sha256": tensors_sha256(self.model.state_dict().items()),
+               "dataset": self.dataset, "samples": int(self.calib.shape[0]), "seed": self.seed,
+               "calib_sha256": tensors_sha256([("calib", self.calib)]), "n_test": len(self.test),
+               "test_sha256": tensors_sha256([("images", self.test.images), ("labels", self.test.labels)])}
+        if self.eval_split != "test":  # runs on the test split keep the signatures they always had
+            out["eval_split"] = self.eval_split
+        return out
+
+    def split_text(self) -> str:
+        """Which images ``test`` holds, in words, for result files and reports."""
+        if self.eval_split == "val":
+            return f"val ({len(self.test)} of the train images held out from calibration)"
+        return "test" if self.dataset == "cifar10" else "sample minus calibration images"
 
 
 def tensors_sha256(named: Iterable[tuple[str, torch.Tensor]]) -> str:
@@ -138,6 +150,7 @@ def load_task(
     dataset: str | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    eval_split: str = "test",
 ) -> Task:
     """Load a model, draw its calibration samples and load its test split.
 
@@ -155,6 +168,8 @@ def load_task(
         dataset: dataset of a user model.
         mean: normalisation mean of a user model (3 floats, pixels in [0, 1]).
         std: normalisation std of a user model.
+        eval_split: ``"test"`` or ``"val"`` (CIFAR-10 only: the fixed validation part of train, disjoint
+            from every calibration draw; for choosing settings without touching the test split).
 
     Returns:
         The :class:`Task`.
@@ -175,7 +190,12 @@ def load_task(
         s = _floats3(std, "--std") or spec.std
     calib_set = calibration_set(dataset, n=samples, seed=seed, data_root=data_root)
     exclude = calib_set if dataset == "imagenet" else None
-    test = test_set(dataset, data_root=data_root, limit=n_test, exclude=exclude)
+    if eval_split not in ("test", "val"):
+        raise MixqError(f"evaluation split must be 'test' or 'val', got {eval_split!r}")
+    if eval_split == "val":
+        test = test_set(dataset, data_root=data_root, limit=n_test, split="val")
+    else:
+        test = test_set(dataset, data_root=data_root, limit=n_test, exclude=exclude)
     if ":" not in model:
         _check_image_size(model, get_model_spec(model).input_size, calib_set, test)
     return Task(
@@ -188,4 +208,5 @@ def load_task(
         calib_set=calib_set,
         test=test,
         seed=seed,
+        eval_split=eval_split,
     )

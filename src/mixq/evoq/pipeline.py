@@ -95,7 +95,7 @@ def sensitivity_signature(run: dict[str, Any], layers: list[str]) -> dict[str, A
     Returns:
         The table's signature.
     """
-    task = {k: v for k, v in run["task"].items() if k not in ("n_test", "test_sha256")}
+    task = {k: v for k, v in run["task"].items() if k not in ("n_test", "test_sha256", "eval_split")}
     return {"task": task, "act_bits": run["act_bits"], "weight_range": run["weight_range"],
             "bits": list(SENSITIVITY_BITS), "layers": list(layers)}
 
@@ -216,7 +216,7 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
         "model": task.name,
         "dataset": task.dataset,
         "calib_split": "train" if task.dataset == "cifar10" else "sample",
-        "test_split": "test" if task.dataset == "cifar10" else "sample minus calibration images",
+        "test_split": task.split_text(),
         "budget": budget_text(options.budget),
         "target_bits": options.budget.avg_bits,
         "target_size_mb": options.budget.size_mb,
