@@ -1,8 +1,10 @@
 """EvoQ speed, as ratios measured in one run on this machine.
 
 Prints: one fitness evaluation (quantized forward + MSE on the N calibration samples) / one plain FP32
-forward of the original model on the same samples; the time of a full T-iteration search; and the
-fraction of children answered from the fitness cache.
+forward of the original model on the same samples; the time of a full T-iteration search, with the
+prefix cache (children replay their parent's unchanged leading layers) and without it, which must give
+the same search bit for bit; the fraction of layer forwards the prefix cache answered; and the fraction of
+children answered from the fitness cache.
 
     python benchmarks/evoq_speed.py [--model resnet20-jpeg] [--iterations 1000] [--repeats 30]
 """
@@ -52,10 +54,18 @@ def main() -> None:
     t_sens = time.perf_counter() - t0
     res = evoq_search(qm, x, ref, Budget(avg_bits=args.target_bits), EvoQConfig(iterations=args.iterations),
                       table, progress=False)
+    plain = evoq_search(qm, x, ref, Budget(avg_bits=args.target_bits), EvoQConfig(iterations=args.iterations),
+                        table, progress=False, prefix_mb=0)
+    if plain.best_history != res.best_history or plain.config != res.config:
+        raise SystemExit("the prefix cache changed the search: it must not")
+    lp = res.layer_passes
+    replayed = lp["replayed"] / max(1, lp["replayed"] + lp["computed"])
     out = {
         "model": args.model, "samples": args.samples, "threads": torch.get_num_threads(),
         "plain_forward_ms": 1e3 * t_plain, "fitness_eval_ms": 1e3 * t_fit, "ratio": t_fit / t_plain,
-        "sensitivity_s": t_sens, "search_s": res.seconds, "iterations": res.iterations,
+        "sensitivity_s": t_sens, "search_s": res.seconds, "search_no_prefix_s": plain.seconds,
+        "prefix_speedup": plain.seconds / res.seconds, "layer_forwards_replayed": replayed,
+        "search_per_evaluation_over_plain": res.seconds / res.evaluations / t_plain, "iterations": res.iterations,
         "evaluations": res.evaluations, "versions": versions(),
     }
     print(f"fitness eval / plain FP32 forward ({args.samples} samples) = {t_fit / t_plain:.2f}x "
@@ -63,6 +73,9 @@ def main() -> None:
     print(f"sensitivity table: {t_sens:.1f} s; {args.iterations}-iteration search: {res.seconds:.1f} s "
           f"= {res.seconds / t_plain:.0f} plain forwards; {res.evaluations} evaluations "
           f"({1 - res.evaluations / (res.iterations + 16):.0%} of individuals from the cache)")
+    print(f"prefix cache: search {res.seconds:.1f} s vs {plain.seconds:.1f} s without = "
+          f"{plain.seconds / res.seconds:.2f}x faster, same search; {replayed:.0%} of layer forwards replayed; "
+          f"search time per evaluation / plain forward = {res.seconds / res.evaluations / t_plain:.2f}x")
     print(json.dumps(out))
 
 

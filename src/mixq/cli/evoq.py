@@ -49,7 +49,8 @@ def _run(args: argparse.Namespace, budget: Budget, config: EvoQConfig, out: str)
     )
     options = RunOptions(budget=budget, act_bits=args.act_bits, weight_range=args.weight_range,
                          calibrate=not args.no_calibrate, calibration=calibration,
-                         evaluate_uniform=not args.no_uniform, progress=not args.no_progress)
+                         evaluate_uniform=not args.no_uniform, progress=not args.no_progress,
+                         prefix_mb=args.prefix_mb)
     with executor_from_args(args) as executor:
         r = run_evoq(task, options, config, out, overwrite=args.overwrite, executor=executor)
     write_evoq_report(out)
@@ -119,6 +120,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--calib-no-augment", action="store_true",
                    help="show the calibration images as they are (no random shifts/flips)")
     p.add_argument("--no-uniform", action="store_true", help="skip evaluating the uniform-bit baseline")
+    p.add_argument("--prefix-mb", type=float, default=2048.0,
+                   help="memory (MiB) for recent configurations' layer outputs: a child replays its parent's "
+                        "unchanged leading layers instead of recomputing them, same search bit for bit; "
+                        "0 = off (default %(default)s; serial executor only)")
     p.add_argument("--out", help="output folder (default runs/evoq-MODEL-BUDGET)")
     p.add_argument("--overwrite", action="store_true",
                    help="discard an earlier run's files in --out instead of resuming it")

@@ -34,10 +34,11 @@ from mixq.errors import MixqError
 from mixq.evaluation.metrics import output_mse
 from mixq.evoq.evolution import EvolutionConfig, EvolutionState, Genome, TournamentEvolution
 from mixq.evoq.sensitivity import SensitivityTable
-from mixq.executor import Executor
+from mixq.executor import Executor, SerialExecutor
 from mixq.fileio import atomic_write_text, check_signature
 from mixq.progress import progress_bar
 from mixq.quant.model import QuantModel
+from mixq.quant.replay import PrefixCache
 
 MUTATIONS = ("guided", "random")
 
@@ -243,6 +244,8 @@ class EvoQResult:
         settings: the EvoQConfig as a dict.
         sensitivity_seconds: wall time of the sensitivity table (set by :func:`mixq.evoq.bitsearch`; 0 when
             the table was given).
+        layer_passes: ``{"computed", "replayed"}``: quantized-layer forwards of this process's fitness
+            evaluations that were computed, and that the prefix cache answered (both 0 when a Ray executor ran them).
     """
 
     config: BitConfig
@@ -256,6 +259,7 @@ class EvoQResult:
     seconds: float
     settings: dict = field(default_factory=dict)
     sensitivity_seconds: float = 0.0
+    layer_passes: dict = field(default_factory=dict)
 
     @property
     def bits(self) -> BitConfig:
@@ -270,15 +274,21 @@ class FitnessEvaluator:
         qm: quantized model.
         x: calibration inputs ``(N, C, H, W)``.
         reference: float model logits on ``x`` ``(N, K)``.
+        prefix_mb: memory (MiB) for the layer outputs of recent genomes, so that a genome's evaluation
+            replays the longest stored prefix of unchanged layers instead of recomputing it
+            (:class:`~mixq.quant.replay.PrefixCache`; the same fitness bit for bit); 0 = every layer computed.
+
+    Attributes:
+        cache: the :class:`~mixq.quant.replay.PrefixCache` (its ``computed`` / ``replayed`` layer counts).
     """
 
-    def __init__(self, qm: QuantModel, x: torch.Tensor, reference: torch.Tensor) -> None:
+    def __init__(self, qm: QuantModel, x: torch.Tensor, reference: torch.Tensor, prefix_mb: float = 0.0) -> None:
         self.qm, self.x, self.reference = qm, x, reference
+        self.cache = PrefixCache(qm, x, max_mb=prefix_mb)
 
     @torch.no_grad()
     def __call__(self, genome: Genome) -> float:
-        self.qm.set_bits_tuple(genome)
-        return output_mse(self.qm(self.x), self.reference)
+        return output_mse(self.cache(genome), self.reference)
 
 
 def _fitness_item(state: tuple[QuantModel, torch.Tensor, torch.Tensor], genome: Genome) -> float:
@@ -405,6 +415,7 @@ def evoq_search(
     progress: bool = True,
     signature: dict | None = None,
     executor: Executor | None = None,
+    prefix_mb: float = 2048.0,
 ) -> EvoQResult:
     """Run EvoQ's tournament search (Alg. 1).
 
@@ -424,13 +435,17 @@ def evoq_search(
         executor: where each generation's new children are evaluated (default: here, on ``qm``). With
             ``config.offspring`` > 1 a Ray executor evaluates a generation's children in parallel; the search
             is the same as the serial one of the same seed and offspring.
+        prefix_mb: memory (MiB) for recent genomes' layer outputs, so a child replays the unchanged prefix of
+            layers instead of recomputing it (:class:`FitnessEvaluator`; the same search bit for bit); 0 = off.
+            Used where the fitness runs in this process.
 
     Returns:
         The :class:`EvoQResult`.
     """
     space = BitSpace(qm.layer_params, budget, config, sensitivity)
     target = budget.max_bit_params(qm.total_params) / qm.total_params
-    evaluate = FitnessEvaluator(qm, x, reference)
+    local = executor is None or isinstance(executor, SerialExecutor)  # fitness here: the prefix cache helps
+    evaluate = FitnessEvaluator(qm, x, reference, prefix_mb=prefix_mb if local else 0.0)
     # a checkpoint resumes the same search; more iterations may be asked for (extends the run)
     ckpt = _SearchCheckpoint(checkpoint, search_signature(qm.layer_names, space.limit, config, signature),
                              config.iterations)
@@ -438,7 +453,7 @@ def evoq_search(
     save = ckpt.save
 
     t0 = time.perf_counter()
-    pool = executor.session((qm, x, reference)) if executor is not None else None
+    pool = None if local else executor.session((qm, x, reference))
     try:
         search = TournamentEvolution(
             config.evolution(),
@@ -480,4 +495,5 @@ def evoq_search(
         iterations=search.state.iteration,
         seconds=seconds,
         settings=asdict(config),
+        layer_passes={"computed": evaluate.cache.computed, "replayed": evaluate.cache.replayed},
     )

@@ -51,6 +51,8 @@ class RunOptions:
         calibration: feature calibration settings.
         evaluate_uniform: also evaluate the uniform baseline at floor(target bits).
         progress: show progress bars.
+        prefix_mb: memory (MiB) of the search's prefix cache (:func:`~mixq.evoq.bitsearch.evoq_search`);
+            it changes speed only, so it is not part of the run's signature.
     """
 
     budget: Budget
@@ -60,6 +62,7 @@ class RunOptions:
     calibration: CalibrationConfig = CalibrationConfig()
     evaluate_uniform: bool = True
     progress: bool = True
+    prefix_mb: float = 2048.0
 
 
 #: What a run writes into its output folder (``overwrite`` removes these, and only these).
@@ -206,6 +209,7 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
     result: EvoQResult = evoq_search(
         qm, task.calib, reference, options.budget, config, sensitivity=table,
         checkpoint=out / "search_state.json", progress=options.progress, signature=signature, executor=executor,
+        prefix_mb=options.prefix_mb,
     )
     result.config.save(out / "config.json")
     fp32 = task.top1(task.model, progress=options.progress, desc="fp32")
@@ -233,6 +237,7 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
         "search_seconds": result.seconds,
         "iterations": result.iterations,
         "evaluations": result.evaluations,
+        "prefix_cache": {"max_mb": options.prefix_mb, **result.layer_passes},
         "seed": config.seed,
         "samples": int(task.calib.shape[0]),
         "n_test": len(task.test),
