@@ -33,7 +33,7 @@ from mixq.evaluation.task import load_task
 from mixq.evoq.calibrate import CalibrationConfig, calibrate
 from mixq.provenance import versions
 from mixq.quant.model import QuantModel
-from mixq.reports.tables import markdown_table
+from mixq.reports.tables import grid_table
 
 DEFAULT = CalibrationConfig()
 
@@ -112,7 +112,7 @@ def main() -> None:
     if rows:
         print(f"{a.model}, 50 train samples (seed {rows[0]['seed']}), top-1 on {rows[0]['n_val']} validation "
               f"images; FP32 {rows[0]['fp32_val_top1']:.2f}")
-    print(markdown_table(["setting", *labels, "mean"], table))
+    print(grid_table(["setting", *labels, "mean"], table))
     print(f"chosen: {best}")
 
 

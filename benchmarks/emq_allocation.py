@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ from mixq.fileio import atomic_write_json  # noqa: E402
 from mixq.provenance import versions  # noqa: E402
 from mixq.proxies import get_proxy, list_proxies  # noqa: E402
 from mixq.proxies.cache import StatsCache, cached_stats  # noqa: E402
-from mixq.reports.tables import markdown_table  # noqa: E402
+from mixq.reports.tables import grid_table  # noqa: E402
 
 RES = ROOT / "results"
 OUT = RES / "emq-allocation"
@@ -113,8 +114,8 @@ def run_one(model: str, method: str, seed: int, choice: dict[str, Any]) -> dict[
     if method == "evoq":
         run_evoq(task, RunOptions(budget=Budget(avg_bits=TARGET), progress=False), EvoQConfig(seed=seed), out)
     else:
-        run_allocation(task, str(ROOT / proxy_of(method, choice)) if method == "ilp-emq"
-                       else proxy_of(method, choice), Budget(avg_bits=TARGET), calibrate_after=True,
+        # a genotype path in choice.json is relative to ROOT, which main() makes the working directory
+        run_allocation(task, proxy_of(method, choice), Budget(avg_bits=TARGET), calibrate_after=True,
                        progress=False, out=out)
     print(f"{model} {method} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
     return json.loads((out / "result.json").read_text())
@@ -174,7 +175,7 @@ def markdown(summary: dict[str, Any]) -> str:
             _spread(r["uniform3_top1"]), "-", "-"] for r in summary["rows"] if "uniform3_top1" in r]
     head = ["model", "allocation", "seeds", "FP32 top-1", "avg bits", "top-1", "top-1 calibrated",
             "allocation s"]
-    return markdown_table(head, body + uni)
+    return grid_table(head, body + uni)
 
 
 def write_readme(readme: Path, table: str) -> None:
@@ -194,6 +195,7 @@ def main() -> None:
     p.add_argument("--no-run", action="store_true", help="only choose and summarise")
     p.add_argument("--readme", type=Path, help="write the table into this README between the markers")
     a = p.parse_args()
+    os.chdir(ROOT)
     OUT.mkdir(parents=True, exist_ok=True)
     choice_file = OUT / "choice.json"
     choices = json.loads(choice_file.read_text()) if choice_file.is_file() else {}

@@ -23,3 +23,24 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]
             cells.append(format(v, fmt) if isinstance(v, (int, float)) and fmt and v is not None else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def grid_table(head: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table from already formatted cells.
+
+    Args:
+        head: column headers.
+        rows: one sequence of cells per row, as many as ``head``; cells are written with ``str``.
+
+    Returns:
+        The table text.
+
+    Raises:
+        ValueError: a row with another number of cells than ``head``.
+    """
+    for row in rows:
+        if len(row) != len(head):
+            raise ValueError(f"table row {list(row)!r} has {len(row)} cells, expected {len(head)} ({list(head)!r})")
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
