@@ -291,10 +291,14 @@ class FitnessEvaluator:
         return output_mse(self.cache(genome), self.reference)
 
 
-def _fitness_item(state: tuple[QuantModel, torch.Tensor, torch.Tensor], genome: Genome) -> float:
-    """One fitness evaluation as an executor work item: :class:`FitnessEvaluator` on the worker's copy."""
-    qm, x, reference = state
-    return FitnessEvaluator(qm, x, reference)(genome)
+def _fitness_item(state: FitnessEvaluator | tuple[QuantModel, torch.Tensor, torch.Tensor], genome: Genome) -> float:
+    """One fitness evaluation as an executor work item.
+
+    ``state`` is this process's :class:`FitnessEvaluator` (serial executor: its prefix cache is kept across
+    generations) or a worker's copy of ``(qm, x, reference)`` (Ray: evaluated without a prefix cache).
+    """
+    evaluate = state if isinstance(state, FitnessEvaluator) else FitnessEvaluator(*state)
+    return evaluate(genome)
 
 
 RESUME_HINT = "rerun with --overwrite (overwrite=True) to discard it, or use another output folder"
@@ -453,7 +457,8 @@ def evoq_search(
     save = ckpt.save
 
     t0 = time.perf_counter()
-    pool = None if local else executor.session((qm, x, reference))
+    # a serial executor maps over this process's evaluator (prefix cache and all); Ray over workers' copies
+    pool = None if executor is None else executor.session(evaluate if local else (qm, x, reference))
     try:
         search = TournamentEvolution(
             config.evolution(),
