@@ -186,20 +186,24 @@ class BitConfig:
 
 @dataclass(frozen=True)
 class Budget:
-    """A model-size budget: parameter-weighted average weight bits and/or weight size in MB.
+    """A cost budget: parameter-weighted average weight bits, weight size in MB and/or BitOps.
 
     Attributes:
         avg_bits: maximum parameter-weighted average weight bit-width (EvoQ eq. 1), or None.
         size_mb: maximum weight size, sum(params x bits) / 8 / 2^20, or None.
+        bitops: maximum BitOps per sample, sum over layers of MACs x weight bits x activation bits, or None
+            (measured by :class:`mixq.quant.cost.CostModel`).
     """
 
     avg_bits: float | None = None
     size_mb: float | None = None
+    bitops: float | None = None
 
     def __post_init__(self) -> None:
-        if self.avg_bits is None and self.size_mb is None:
-            raise MixqError("a budget needs an average bit-width or a size in MB")
-        for name, value in (("average bits", self.avg_bits), ("size in MB", self.size_mb)):
+        if self.avg_bits is None and self.size_mb is None and self.bitops is None:
+            raise MixqError("a budget needs an average bit-width, a size in MB or a BitOps count")
+        for name, value in (("average bits", self.avg_bits), ("size in MB", self.size_mb),
+                            ("BitOps", self.bitops)):
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise MixqError(f"budget {name} must be a positive number, got {value}")
         if self.avg_bits is not None and self.avg_bits > MAX_BITS:
@@ -208,17 +212,40 @@ class Budget:
                             f"choose; give {MAX_BITS} or less (or keep the model in float)")
 
     def max_bit_params(self, total_params: int) -> float:
-        """The budget as a bound on sum(params x bits).
+        """The size limits as a bound on sum(params x bits).
 
         Args:
             total_params: number of quantized weight parameters.
 
         Returns:
-            The tightest bound implied by the set limits.
+            The tightest bound implied by the average-bits and MB limits (``inf`` when only BitOps is set).
         """
         bounds = []
         if self.avg_bits is not None:
             bounds.append(self.avg_bits * total_params)
         if self.size_mb is not None:
             bounds.append(self.size_mb * 8 * 2**20)
-        return min(bounds)
+        return min(bounds) if bounds else math.inf
+
+    @property
+    def max_bitops(self) -> float:
+        """The BitOps limit (``inf`` when none is set)."""
+        return math.inf if self.bitops is None else float(self.bitops)
+
+    def text(self) -> str:
+        """The budget in words, e.g. ``"avg bits <= 3.0 and BitOps <= 1.2e+09"``."""
+        parts = []
+        if self.avg_bits is not None:
+            parts.append(f"avg bits <= {self.avg_bits}")
+        if self.size_mb is not None:
+            parts.append(f"size <= {self.size_mb} MB")
+        if self.bitops is not None:
+            parts.append(f"BitOps <= {self.bitops:.4g}")
+        return " and ".join(parts)
+
+    def to_dict(self) -> dict[str, float | None]:
+        """JSON form: ``{"avg_bits", "size_mb"}`` plus ``"bitops"`` when set (older signatures stay valid)."""
+        d: dict[str, float | None] = {"avg_bits": self.avg_bits, "size_mb": self.size_mb}
+        if self.bitops is not None:
+            d["bitops"] = self.bitops
+        return d

@@ -29,13 +29,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from mixq.bits import BitConfig, Budget
 from mixq.errors import MixqError
-from mixq.quant.matching import call_macs
+from mixq.quant.cost import layer_macs  # noqa: F401  (re-exported: mixq.allocate.ilp.layer_macs)
 from mixq.quant.model import QuantModel
 
 DEFAULT_BIT_CHOICES = (2, 3, 4, 5, 6, 7, 8)
@@ -332,52 +331,6 @@ def _solve(
 
 
 # -- MACs and BitOps ------------------------------------------------------------------------------
-def layer_macs(qm: QuantModel, x_shape: Sequence[int]) -> list[int]:
-    """Multiply-accumulates per sample of every quantized layer, measured with one forward pass.
-
-    A conv layer does ``out_elems * (in_channels / groups) * kH * kW`` MACs, where ``out_elems`` is its
-    output size per sample (``C_out * H' * W'``); a linear layer ``out_elems * in_features`` (``in * out``
-    for a 2-D input). A layer called several times counts every call; a layer never called counts 0.
-
-    Args:
-        qm: the model.
-        x_shape: input shape, with or without the batch dimension (``(N, C, H, W)`` or ``(C, H, W)``
-            for image models: a 4-entry shape is taken as batched). One zero sample of that shape is run
-            in float mode.
-
-    Returns:
-        MACs per layer, in ``qm.layer_names`` order.
-    """
-    if not isinstance(qm, QuantModel):
-        raise MixqError(f"layer_macs needs a QuantModel, got {type(qm).__name__}")
-    shape = tuple(int(s) for s in x_shape)
-    if len(shape) < 2 or any(s <= 0 for s in shape):
-        raise MixqError(f"x_shape must be an input shape such as (N, C, H, W), got {tuple(x_shape)}")
-    sample_shape = shape[1:] if len(shape) in (2, 4) else shape
-    counts = {name: 0 for name in qm.layer_names}
-
-    def hook(name: str) -> Callable:
-        def record(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            counts[name] += call_macs(module, inputs, output)  # the input is one sample
-        return record
-
-    ref = next(qm.parameters(), None)
-    x = torch.zeros((1, *sample_shape), dtype=ref.dtype if ref is not None else torch.float32,
-                    device=ref.device if ref is not None else "cpu")
-    handles = [layer.register_forward_hook(hook(name)) for name, layer in qm.layers.items()]
-    try:
-        with torch.no_grad(), qm.float_mode():
-            qm(x)
-    except MixqError:
-        raise
-    except Exception as exc:  # a wrong shape surfaces here
-        raise MixqError(f"cannot run the model on x_shape {shape} to count MACs: {exc}") from None
-    finally:
-        for h in handles:
-            h.remove()
-    return [counts[name] for name in qm.layer_names]
-
-
 def bitops(
     qm_or_macs: QuantModel | Sequence[int],
     bits: BitConfig | Mapping[str, int] | Sequence[int] | int,

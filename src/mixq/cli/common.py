@@ -14,6 +14,7 @@ from mixq.evaluation.task import Task, load_task
 from mixq.executor import EXECUTORS, Executor, make_executor
 from mixq.fileio import locked
 from mixq.paths import output_folder
+from mixq.quant.cost import parse_count
 
 EPILOG_DATA = (
     "Data and checkpoints: --data-root / $MIXQ_DATA (a folder holding cifar10-jpeg/ and imagenet-sample/) "
@@ -106,6 +107,47 @@ def bits_from_args(args: argparse.Namespace, neither_or_both: str) -> BitConfig 
         check_bits_arg(args.bits, "--bits")
     check_bits_arg(args.act_bits, "--act-bits")
     return BitConfig.load(args.config) if args.config else args.bits
+
+
+def add_budget_args(p: argparse.ArgumentParser, default_bits: float = 3.0) -> None:
+    """``--target-bits``, ``--target-mb`` (alias ``--size-mb``) and ``--target-bitops``: any of them, or several.
+
+    Args:
+        p: the parser.
+        default_bits: the average-bits budget when none is given.
+    """
+    g = p.add_argument_group(f"budget (any of them; default --target-bits {default_bits})")
+    g.add_argument("--target-bits", type=float, help="parameter-weighted average weight bits")
+    g.add_argument("--target-mb", "--size-mb", dest="size_mb", type=float,
+                   help="weight size in MB (sum params x bits / 8 / 2^20; biases not counted)")
+    g.add_argument("--target-bitops", metavar="N",
+                   help="BitOps per sample: sum over layers of MACs x weight bits x activation bits, MACs counted "
+                        "from one traced forward; a number with an optional k/M/G suffix, e.g. 1.2G")
+
+
+def budget_from_args(args: argparse.Namespace, default_bits: float = 3.0) -> Budget:
+    """The budget of :func:`add_budget_args` arguments (``default_bits`` average bits when none is given).
+
+    Args:
+        args: parsed arguments.
+        default_bits: the default average-bits budget.
+
+    Returns:
+        The :class:`~mixq.bits.Budget`.
+    """
+    bitops = None if args.target_bitops is None else parse_count(args.target_bitops, "--target-bitops")
+    if args.target_bits is None and args.size_mb is None and bitops is None:
+        args.target_bits = default_bits
+    return Budget(avg_bits=args.target_bits, size_mb=args.size_mb, bitops=bitops)
+
+
+def budget_label(budget: Budget) -> str:
+    """A short folder-name label of a budget, e.g. ``"3.0"``, ``"0.1MB"`` or ``"1.2GBitOps"``."""
+    if budget.avg_bits is not None:
+        return f"{budget.avg_bits}"
+    if budget.size_mb is not None:
+        return f"{budget.size_mb}MB"
+    return f"{budget.bitops / 1e9:.4g}GBitOps"
 
 
 def add_allocate_args(p: argparse.ArgumentParser) -> None:

@@ -7,8 +7,11 @@ import argparse
 from mixq.bits import Budget
 from mixq.cli.common import (
     EPILOG_DATA,
+    add_budget_args,
     add_executor_args,
     add_task_args,
+    budget_from_args,
+    budget_label,
     check_bits_arg,
     executor_from_args,
     task_from_args,
@@ -26,15 +29,14 @@ CALIB_DEFAULTS = CalibrationConfig()
 def cmd_evoq(args: argparse.Namespace) -> int:
     """EvoQ end to end: sensitivity, evolutionary search, feature calibration, report."""
     check_bits_arg(args.act_bits, "--act-bits")
-    if args.target_bits is None and args.size_mb is None:
-        args.target_bits = 3.0
-    budget = Budget(avg_bits=args.target_bits, size_mb=args.size_mb)
+    budget = budget_from_args(args)
     config = EvoQConfig(
         population=args.population, sample=args.sample_size, iterations=args.iterations,
         mutation_prob=args.mutation_prob, min_bits=args.min_bits, max_bits=args.max_bits,
         mutation=args.mutation, seed=args.seed, offspring=args.offspring,
+        act_choices=tuple(args.act_choices or ()),
     )
-    out = args.out or f"runs/evoq-{args.model.replace(':', '_')}-{args.target_bits or args.size_mb}"
+    out = args.out or f"runs/evoq-{args.model.replace(':', '_')}-{budget_label(budget)}"
     with locked(output_folder(out)):  # a bad or busy --out fails before the model and data are loaded
         return _run(args, budget, config, out)
 
@@ -56,8 +58,8 @@ def _run(args: argparse.Namespace, budget: Budget, config: EvoQConfig, out: str)
     write_evoq_report(out)
     print(f"model      {r['model']}  ({r['n_test']} test images, {r['samples']} calibration samples, "
           f"seed {r['seed']})")
-    print(f"budget     {r['budget']}; found {r['avg_bits']:.3f} avg bits, {r['size_mb']:.4f} MB "
-          f"in {r['search_seconds']:.1f} s ({r['evaluations']} evaluations)")
+    print(f"budget     {r['budget']}; found {r['avg_bits']:.3f} avg bits, {r['size_mb']:.4f} MB, "
+          f"{r['bitops'] / 1e9:.4g} GBitOps in {r['search_seconds']:.1f} s ({r['evaluations']} evaluations)")
     print(f"{'':28} {'top-1 %':>8}")
     print(f"{'FP32':28} {r['fp32_top1']:8.2f}")
     if "uniform_top1" in r:
@@ -87,10 +89,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     add_task_args(p)
     add_executor_args(p, "the sensitivity table and the search's fitness evaluations")
-    b = p.add_argument_group("budget (default: --target-bits 3.0)")
-    b.add_argument("--target-bits", type=float, help="parameter-weighted average weight bits")
-    b.add_argument("--size-mb", type=float, help="weight size in MB (sum params x bits / 8 / 2^20)")
+    add_budget_args(p)
     s = p.add_argument_group("search")
+    s.add_argument("--act-choices", type=int, nargs="+", metavar="B",
+                   help="also search each layer's input (activation) bits among these, e.g. 4 6 8 (default: "
+                        "weights only, every input at --act-bits)")
     s.add_argument("--iterations", type=int, default=1000, help="children T (default %(default)s)")
     s.add_argument("--population", type=int, default=16, help="population P (default %(default)s)")
     s.add_argument("--sample-size", type=int, default=8, help="tournament sample S (default %(default)s)")

@@ -37,6 +37,7 @@ from mixq.evoq.sensitivity import SensitivityTable
 from mixq.executor import Executor, SerialExecutor
 from mixq.fileio import atomic_write_text, check_signature
 from mixq.progress import progress_bar
+from mixq.quant.cost import CostModel
 from mixq.quant.model import QuantModel
 from mixq.quant.replay import PrefixCache
 
@@ -58,6 +59,8 @@ class EvoQConfig:
         seed: random seed.
         offspring: children per generation, evaluated as one batch (1 = the paper's steady state; more lets
             an executor spread a generation's fitness evaluations over its workers).
+        act_choices: input (activation) bit-widths searched per layer beside the weight bits, e.g.
+            ``(4, 6, 8)``; empty (default) = weight bits only, every input at the run's activation bits.
     """
 
     population: int = 16
@@ -69,9 +72,16 @@ class EvoQConfig:
     mutation: str = "guided"
     seed: int = 0
     offspring: int = 1
+    act_choices: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         self.evolution()  # validates population, sample, iterations and offspring
+        choices = tuple(self.act_choices or ())
+        if any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 8 for b in choices) \
+                or len(set(choices)) != len(choices) or len(choices) == 1:
+            raise MixqError(f"activation bit choices must be two or more distinct integers in 2..8, got "
+                            f"{list(choices)}")
+        object.__setattr__(self, "act_choices", tuple(sorted(choices)))
         if not 0 < self.mutation_prob <= 1:
             raise MixqError(f"mutation probability must be in (0, 1], got {self.mutation_prob}")
         if not 2 <= self.min_bits <= self.max_bits <= 8:
@@ -87,11 +97,18 @@ class EvoQConfig:
 class BitSpace:
     """Budget-feasible bit genomes: mutation and repair.
 
+    A genome is one weight bit-width per layer (``L`` genes), or with activation genes (``config.act_choices``)
+    the weight bits followed by each layer's input bits (``2L`` genes, the inputs from ``act_choices``).
+
     Args:
         params: weight parameters per layer.
-        budget: the size budget.
+        budget: the budget (average bits, MB and/or BitOps).
         config: search settings.
-        sensitivity: table for guided mutation and repair (required for ``"guided"``).
+        sensitivity: weight table for guided mutation and repair (required for ``"guided"``).
+        macs: MACs per sample per layer (required for a BitOps budget or activation genes).
+        act_sensitivity: activation table (:func:`~mixq.evoq.sensitivity.compute_act_sensitivity`; required
+            for guided mutation with activation genes).
+        act_bits: input bits of every layer when there are no activation genes (BitOps count).
     """
 
     def __init__(
@@ -100,11 +117,21 @@ class BitSpace:
         budget: Budget,
         config: EvoQConfig,
         sensitivity: SensitivityTable | None = None,
+        macs: list[int] | None = None,
+        act_sensitivity: SensitivityTable | None = None,
+        act_bits: int = 8,
     ) -> None:
         self.params = np.asarray(params, dtype=np.float64)
+        self.n = len(self.params)
         self.config = config
         self.limit = budget.max_bit_params(int(self.params.sum()))
+        self.ops_limit = budget.max_bitops
         self.lo, self.hi = config.min_bits, config.max_bits
+        self.acts = tuple(sorted(config.act_choices))  # () = weight genes only
+        self.act_bits = act_bits
+        if (math.isfinite(self.ops_limit) or self.acts) and macs is None:
+            raise MixqError("a BitOps budget or activation genes need the per-layer MACs (macs=...)")
+        self.macs = None if macs is None else np.asarray(macs, dtype=np.float64)
         floor = float(self.params.sum() * self.lo)
         if floor > self.limit * (1 + 1e-12):
             raise MixqError(
@@ -112,11 +139,21 @@ class BitSpace:
                 f"{floor / self.params.sum():.3f} average bits ({floor / 8 / 2**20:.4f} MB), above the budget "
                 f"of {self.limit / self.params.sum():.3f} average bits ({self.limit / 8 / 2**20:.4f} MB)"
             )
+        if math.isfinite(self.ops_limit):
+            least = self.ops(tuple([self.lo] * self.n) + tuple([self.acts[0]] * self.n if self.acts else ()))
+            if least > self.ops_limit * (1 + 1e-12):
+                a_min = self.acts[0] if self.acts else act_bits
+                raise MixqError(f"budget is infeasible: even {self.lo}-bit weights and {a_min}-bit activations "
+                                f"everywhere need {least:.6g} BitOps, above the budget of {self.ops_limit:.6g}")
         if config.mutation == "guided":
             if sensitivity is None:
                 raise MixqError("guided mutation needs a sensitivity table")
             if len(sensitivity.layers) != len(params):
                 raise MixqError("sensitivity table does not match the model's layers")
+            if self.acts and (act_sensitivity is None or len(act_sensitivity.layers) != len(params)
+                              or not set(self.acts) <= set(act_sensitivity.bits)):
+                raise MixqError(f"guided mutation of activation bits needs an activation sensitivity table of the "
+                                f"model's layers at {list(self.acts)} bits")
         self.table = sensitivity
         if sensitivity is not None:
             # S[j, b] for every b in lo..hi (log-interpolated if the table lacks a width)
@@ -124,22 +161,49 @@ class BitSpace:
             known = np.array(sensitivity.bits, dtype=np.float64)
             logs = np.log(np.maximum(sensitivity.mse, 1e-30))
             self.S = np.exp(np.stack([np.interp(cols, known, row) for row in logs]))  # (L, hi-lo+1)
+        self.A: np.ndarray | None = None  # A[j, i]: output MSE of layer j's input at acts[i] bits
+        if self.acts and act_sensitivity is not None:
+            self.A = act_sensitivity.mse[:, [act_sensitivity.bits.index(b) for b in self.acts]]
+
+    # -- genome parts --------------------------------------------------------------------------------
+    def weights(self, genome: Genome) -> np.ndarray:
+        """The weight bits of a genome."""
+        return np.asarray(genome[: self.n])
+
+    def act_part(self, genome: Genome) -> np.ndarray:
+        """The input bits of a genome (every layer at ``act_bits`` without activation genes)."""
+        return np.asarray(genome[self.n:]) if self.acts else np.full(self.n, self.act_bits)
 
     # -- budget ------------------------------------------------------------------------------------
     def cost(self, genome: Genome) -> float:
-        """Sum of params x bits."""
-        return float(np.dot(self.params, genome))
+        """Sum of params x weight bits."""
+        return float(np.dot(self.params, genome[: self.n]))
+
+    def ops(self, genome: Genome) -> float:
+        """BitOps per sample: sum of MACs x weight bits x input bits (0 without MACs)."""
+        if self.macs is None:
+            return 0.0
+        return float(np.dot(self.macs, self.weights(genome) * self.act_part(genome)))
 
     def feasible(self, genome: Genome) -> bool:
-        """Whether the genome fits the budget and the bit range."""
-        g = np.asarray(genome)
-        return bool(g.min() >= self.lo and g.max() <= self.hi and self.cost(genome) <= self.limit * (1 + 1e-12))
+        """Whether the genome fits the budget, the bit range and the activation choices."""
+        if len(genome) != self.n * (2 if self.acts else 1):
+            return False
+        g = self.weights(genome)
+        if self.acts and not set(int(a) for a in genome[self.n:]) <= set(self.acts):
+            return False
+        return bool(g.min() >= self.lo and g.max() <= self.hi and self.cost(genome) <= self.limit * (1 + 1e-12)
+                    and self.ops(genome) <= self.ops_limit * (1 + 1e-12))
 
     def _s(self, j: int, b: int) -> float:
         return float(self.S[j, b - self.lo])
 
     def repair(self, genome: Genome, rng: np.random.Generator) -> Genome:
         """Lower bits until the genome fits the budget (never leaves it over budget).
+
+        With one limit exceeded, the gene lowered is the one with the least MSE increase per unit of that
+        limit saved (guided), or one drawn with probability proportional to its saving (random); with two
+        exceeded, each saving is first divided by its limit and the two added.
 
         Args:
             genome: a genome, possibly over budget.
@@ -148,6 +212,52 @@ class BitSpace:
         Returns:
             A feasible genome.
         """
+        if not self.acts and not math.isfinite(self.ops_limit):
+            return self._repair_size(genome, rng)
+        n = self.n
+        g = np.clip(np.asarray(genome[:n], dtype=np.int64), self.lo, self.hi)
+        a = (np.asarray([min(self.acts, key=lambda c: (abs(c - v), c)) for v in genome[n:]], dtype=np.int64)
+             if self.acts else np.full(n, self.act_bits, dtype=np.int64))
+        tol = 1 + 1e-12
+        while True:
+            size, ops = float(np.dot(self.params, g)), float(np.dot(self.macs, g * a))
+            over = [(size > self.limit * tol, self.limit), (ops > self.ops_limit * tol, self.ops_limit)]
+            if not (over[0][0] or over[1][0]):
+                break
+            both = over[0][0] and over[1][0]
+            moves: list[tuple[str, int, float, float]] = []  # (kind, layer, MSE increase, saving)
+            for j in np.flatnonzero(g > self.lo):
+                saves = (self.params[j], self.macs[j] * a[j])
+                value = sum(s / (lim if both else 1.0) for s, (bad, lim) in zip(saves, over) if bad)
+                if value > 0:
+                    d = self._s(j, g[j] - 1) - self._s(j, g[j]) if self.config.mutation == "guided" else 0.0
+                    moves.append(("w", int(j), d, value))
+            if self.acts:
+                for j in range(n):
+                    i = self.acts.index(int(a[j]))
+                    if i == 0 or not over[1][0]:
+                        continue
+                    saving = self.macs[j] * g[j] * (a[j] - self.acts[i - 1])
+                    value = saving / (self.ops_limit if both else 1.0)
+                    if value > 0:
+                        d = float(self.A[j, i - 1] - self.A[j, i]) if self.A is not None else 0.0
+                        moves.append(("a", j, d, value))
+            if not moves:
+                raise MixqError("cannot repair the genome into the budget (no gene left to lower)")
+            if self.config.mutation == "guided":
+                kind, j, _, _ = min(moves, key=lambda m: m[2] / m[3])
+            else:
+                values = np.array([m[3] for m in moves])
+                kind, j, _, _ = moves[int(rng.choice(len(moves), p=values / values.sum()))]
+            if kind == "w":
+                g[j] -= 1
+            else:
+                a[j] = self.acts[self.acts.index(int(a[j])) - 1]
+        out = tuple(int(b) for b in g)
+        return out + tuple(int(b) for b in a) if self.acts else out
+
+    def _repair_size(self, genome: Genome, rng: np.random.Generator) -> Genome:
+        """:meth:`repair` with weight genes and a size limit only (the paper's case)."""
         g = np.clip(np.asarray(genome, dtype=np.int64), self.lo, self.hi)
         cost = float(np.dot(self.params, g))
         while cost > self.limit * (1 + 1e-12):
@@ -165,7 +275,7 @@ class BitSpace:
 
     # -- mutation ----------------------------------------------------------------------------------
     def up_probability(self, genome: Genome) -> np.ndarray:
-        """Per-layer probability that a mutation moves the layer up (guided mode).
+        """Per-layer probability that a mutation moves a weight gene up (guided mode).
 
         Args:
             genome: current bits.
@@ -173,7 +283,7 @@ class BitSpace:
         Returns:
             Array of probabilities in [0, 1] (0 at max bits, 1 at min bits).
         """
-        g = np.asarray(genome)
+        g = np.asarray(genome[: self.n])
         n = len(g)
         if self.config.mutation == "random":
             p = np.full(n, 0.5)
@@ -182,14 +292,39 @@ class BitSpace:
             for j, b in enumerate(g):
                 up, down = min(b + 1, self.hi), max(b - 1, self.lo)
                 dens[j] = (self._s(j, down) - self._s(j, up)) / (max(up - down, 1) * self.params[j])
-            order = np.argsort(np.argsort(np.log(np.maximum(dens, 1e-30)), kind="stable"), kind="stable")
-            q = order / max(n - 1, 1)
-            p = 0.1 + 0.8 * q
+            p = _percentile_probability(dens)
         p = np.where(g >= self.hi, 0.0, p)
         return np.where(g <= self.lo, 1.0, p)
 
+    def act_up_probability(self, genome: Genome) -> np.ndarray:
+        """Per-layer probability that a mutation moves an activation gene to the next larger choice.
+
+        Guided: the marginal activation sensitivity per BitOps of each layer's input at its current choice,
+        ranked against the other layers' (the weight rule, with BitOps in place of bit-params).
+
+        Args:
+            genome: a genome with activation genes.
+
+        Returns:
+            Probabilities in [0, 1] (0 at the largest choice, 1 at the smallest).
+        """
+        w, a = self.weights(genome), self.act_part(genome)
+        idx = np.array([self.acts.index(int(v)) for v in a])
+        top = len(self.acts) - 1
+        if self.config.mutation == "random" or self.A is None:
+            p = np.full(self.n, 0.5)
+        else:
+            dens = np.empty(self.n)
+            for j, i in enumerate(idx):
+                up, down = min(i + 1, top), max(i - 1, 0)
+                width = max(self.acts[up] - self.acts[down], 1)
+                dens[j] = (self.A[j, down] - self.A[j, up]) / (width * max(self.macs[j] * w[j], 1.0))
+            p = _percentile_probability(dens)
+        p = np.where(idx >= top, 0.0, p)
+        return np.where(idx <= 0, 1.0, p)
+
     def mutate(self, genome: Genome, rng: np.random.Generator) -> Genome:
-        """Mutate each layer with probability p (at least one layer), then repair.
+        """Mutate each gene with probability p (at least one gene), then repair.
 
         Args:
             genome: parent.
@@ -198,33 +333,69 @@ class BitSpace:
         Returns:
             A feasible child.
         """
-        g = np.asarray(genome, dtype=np.int64).copy()
-        mask = rng.random(len(g)) < self.config.mutation_prob
-        if not mask.any():
-            mask[int(rng.integers(len(g)))] = True
-        up = rng.random(len(g)) < self.up_probability(genome)
+        n = self.n
+        g = np.asarray(genome[:n], dtype=np.int64).copy()
+        mask = rng.random(n) < self.config.mutation_prob
+        if not self.acts:
+            if not mask.any():
+                mask[int(rng.integers(n))] = True
+            up = rng.random(n) < self.up_probability(genome)
+            g[mask] += np.where(up[mask], 1, -1)
+            return self.repair(tuple(int(b) for b in g), rng)
+        amask = rng.random(n) < self.config.mutation_prob
+        if not (mask.any() or amask.any()):
+            k = int(rng.integers(2 * n))
+            (mask if k < n else amask)[k % n] = True
+        up = rng.random(n) < self.up_probability(genome)
+        aup = rng.random(n) < self.act_up_probability(genome)
         g[mask] += np.where(up[mask], 1, -1)
-        return self.repair(tuple(int(b) for b in g), rng)
+        idx = np.array([self.acts.index(int(v)) for v in genome[n:]])
+        idx[amask] += np.where(aup[amask], 1, -1)
+        idx = np.clip(idx, 0, len(self.acts) - 1)
+        return self.repair(tuple(int(b) for b in g) + tuple(self.acts[i] for i in idx), rng)
+
+    def uniform_bits(self) -> int:
+        """The largest uniform weight bit-width (inputs at their largest choice) that fits the budget, or
+        the lowest bit-width when none does."""
+        top_act = tuple([self.acts[-1]] * self.n) if self.acts else ()
+        for b in range(self.hi, self.lo - 1, -1):
+            if self.feasible(tuple([b] * self.n) + top_act):
+                return b
+        return self.lo
 
     def initial(self, target_bits: int, rng: np.random.Generator, size: int) -> list[Genome]:
         """The uniform policy (repaired if needed) and random perturbations of it.
 
         Args:
-            target_bits: the uniform bit-width to start from.
+            target_bits: the uniform bit-width to start from (inputs at their largest choice).
             rng: random generator.
             size: population size.
 
         Returns:
             ``size`` feasible genomes (the first is the uniform one).
         """
-        base = self.repair(tuple([int(np.clip(target_bits, self.lo, self.hi))] * len(self.params)), rng)
+        top_act = tuple([self.acts[-1]] * self.n) if self.acts else ()
+        base = self.repair(tuple([int(np.clip(target_bits, self.lo, self.hi))] * self.n) + top_act, rng)
         out = [base]
         while len(out) < size:
-            g = np.asarray(base).copy()
+            g = np.asarray(base[: self.n]).copy()
             mask = rng.random(len(g)) < max(self.config.mutation_prob, 0.2)
             g[mask] += rng.choice([-1, 1], size=int(mask.sum()))
-            out.append(self.repair(tuple(int(b) for b in np.clip(g, self.lo, self.hi)), rng))
+            child = tuple(int(b) for b in np.clip(g, self.lo, self.hi))
+            if self.acts:
+                idx = np.array([self.acts.index(int(v)) for v in base[self.n:]])
+                amask = rng.random(self.n) < max(self.config.mutation_prob, 0.2)
+                idx[amask] -= rng.integers(0, 2, size=int(amask.sum()))
+                child += tuple(self.acts[i] for i in np.clip(idx, 0, len(self.acts) - 1))
+            out.append(self.repair(child, rng))
         return out
+
+
+def _percentile_probability(density: np.ndarray) -> np.ndarray:
+    """``0.1 + 0.8 q`` where ``q`` is each entry's rank percentile of ``log(density)`` (ties: stable order)."""
+    n = len(density)
+    order = np.argsort(np.argsort(np.log(np.maximum(density, 1e-30)), kind="stable"), kind="stable")
+    return 0.1 + 0.8 * order / max(n - 1, 1)
 
 
 @dataclass
@@ -246,6 +417,7 @@ class EvoQResult:
             the table was given).
         layer_passes: ``{"computed", "replayed"}``: quantized-layer forwards of this process's fitness
             evaluations that were computed, and that the prefix cache answered (both 0 when a Ray executor ran them).
+        bitops: BitOps per sample of the best configuration (None when no cost model was given).
     """
 
     config: BitConfig
@@ -260,6 +432,7 @@ class EvoQResult:
     settings: dict = field(default_factory=dict)
     sensitivity_seconds: float = 0.0
     layer_passes: dict = field(default_factory=dict)
+    bitops: float | None = None
 
     @property
     def bits(self) -> BitConfig:
@@ -389,7 +562,8 @@ class _StateEncoder:
         return f"{{{fixed}, {growing}}}"
 
 
-def search_signature(layers: list[str], limit: float, config: EvoQConfig, extra: dict | None = None) -> dict:
+def search_signature(layers: list[str], limit: float, config: EvoQConfig, extra: dict | None = None,
+                     ops_limit: float | None = None) -> dict:
     """What a search checkpoint must match to be resumed: layers, bit-param limit, settings but iterations.
 
     Args:
@@ -397,6 +571,7 @@ def search_signature(layers: list[str], limit: float, config: EvoQConfig, extra:
         limit: the budget as a bound on sum(params x bits).
         config: search settings (``iterations`` is left out: a finished search may be extended).
         extra: further settings the caller's result depends on (e.g. the run's task and quantizer).
+        ops_limit: the BitOps limit, if any.
 
     Returns:
         The signature (JSON-serialisable).
@@ -404,7 +579,15 @@ def search_signature(layers: list[str], limit: float, config: EvoQConfig, extra:
     settings = {k: v for k, v in asdict(config).items() if k != "iterations"}
     if settings["offspring"] == 1:
         del settings["offspring"]  # the steady state, as every checkpoint before the setting existed
-    return {**(extra or {}), "layers": list(layers), "settings": settings, "limit": limit}
+    if not settings["act_choices"]:
+        del settings["act_choices"]  # weight bits only, as every checkpoint before activation genes
+    else:
+        settings["act_choices"] = list(settings["act_choices"])
+    out = {**(extra or {}), "layers": list(layers), "settings": settings,
+           "limit": limit if math.isfinite(limit) else None}
+    if ops_limit is not None and math.isfinite(ops_limit):
+        out["ops_limit"] = ops_limit
+    return out
 
 
 def evoq_search(
@@ -420,6 +603,8 @@ def evoq_search(
     signature: dict | None = None,
     executor: Executor | None = None,
     prefix_mb: float = 2048.0,
+    cost: CostModel | None = None,
+    act_sensitivity: SensitivityTable | None = None,
 ) -> EvoQResult:
     """Run EvoQ's tournament search (Alg. 1).
 
@@ -442,17 +627,24 @@ def evoq_search(
         prefix_mb: memory (MiB) for recent genomes' layer outputs, so a child replays the unchanged prefix of
             layers instead of recomputing it (:class:`FitnessEvaluator`; the same search bit for bit); 0 = off.
             Used where the fitness runs in this process.
+        cost: the model's :class:`~mixq.quant.cost.CostModel` (its MACs); needed for a BitOps budget and for
+            activation genes, and reported (``bitops``) when given.
+        act_sensitivity: activation table for guided mutation of activation genes (``config.act_choices``).
 
     Returns:
         The :class:`EvoQResult`.
     """
-    space = BitSpace(qm.layer_params, budget, config, sensitivity)
-    target = budget.max_bit_params(qm.total_params) / qm.total_params
+    space = BitSpace(qm.layer_params, budget, config, sensitivity, macs=None if cost is None else list(cost.macs),
+                     act_sensitivity=act_sensitivity, act_bits=qm.act_bits)
+    if budget.bitops is None:
+        start_bits = math.floor(budget.max_bit_params(qm.total_params) / qm.total_params + 1e-9)
+    else:
+        start_bits = space.uniform_bits()
     local = executor is None or isinstance(executor, SerialExecutor)  # fitness here: the prefix cache helps
     evaluate = FitnessEvaluator(qm, x, reference, prefix_mb=prefix_mb if local else 0.0)
     # a checkpoint resumes the same search; more iterations may be asked for (extends the run)
-    ckpt = _SearchCheckpoint(checkpoint, search_signature(qm.layer_names, space.limit, config, signature),
-                             config.iterations)
+    ckpt = _SearchCheckpoint(checkpoint, search_signature(qm.layer_names, space.limit, config, signature,
+                                                          space.ops_limit), config.iterations)
     state, elapsed = ckpt.load()
     save = ckpt.save
 
@@ -464,7 +656,7 @@ def evoq_search(
             config.evolution(),
             evaluate,
             space.mutate,
-            lambda rng: space.initial(math.floor(target + 1e-9), rng, config.population),
+            lambda rng: space.initial(start_bits, rng, config.population),
             state=state,
             evaluate_many=None if pool is None else (lambda genomes: pool.map(_fitness_item, genomes)),
         )
@@ -488,7 +680,8 @@ def evoq_search(
     best, fit = search.state.best
     assert space.feasible(best), "search produced an over-budget configuration"
     qm.set_bits_tuple(best)
-    cfg = BitConfig(dict(zip(qm.layer_names, best)))
+    n = len(qm.layer_names)
+    cfg = BitConfig(dict(zip(qm.layer_names, best[:n])), dict(zip(qm.layer_names, best[n:])))
     return EvoQResult(
         config=cfg,
         fitness=fit,
@@ -501,4 +694,5 @@ def evoq_search(
         seconds=seconds,
         settings=asdict(config),
         layer_passes={"computed": evaluate.cache.computed, "replayed": evaluate.cache.replayed},
+        bitops=None if cost is None else space.ops(best),
     )

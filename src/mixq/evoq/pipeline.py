@@ -31,11 +31,12 @@ from mixq.evaluation.metrics import predict
 from mixq.evaluation.task import Task
 from mixq.evoq.bitsearch import RESUME_HINT, EvoQConfig, EvoQResult, _SearchCheckpoint, evoq_search, search_signature
 from mixq.evoq.calibrate import CalibrationConfig, calibrate
-from mixq.evoq.sensitivity import SensitivityTable, compute_sensitivity
+from mixq.evoq.sensitivity import SensitivityTable, compute_act_sensitivity, compute_sensitivity
 from mixq.executor import Executor, SerialExecutor
 from mixq.fileio import atomic_write_json, check_signature, locked, remove_files
 from mixq.paths import output_folder
 from mixq.provenance import versions
+from mixq.quant.cost import CostModel
 from mixq.quant.model import QuantModel, save_calibrated
 
 
@@ -66,7 +67,8 @@ class RunOptions:
 
 
 #: What a run writes into its output folder (``overwrite`` removes these, and only these).
-RUN_FILES = ("search_state.json", "sensitivity.json", "sensitivity.csv", "config.json", "result.json",
+RUN_FILES = ("search_state.json", "sensitivity.json", "sensitivity.csv", "act_sensitivity.json",
+             "act_sensitivity.csv", "config.json", "result.json",
              "calibrated.pt", "report.md", "fitness.png", "bits.png", "sensitivity.png", "model.onnx",
              "model.onnx.json", "model.pt", "model.pt.json")
 SENSITIVITY_BITS = (2, 3, 4, 5, 6, 7, 8)
@@ -83,24 +85,26 @@ def run_signature(task: Task, options: RunOptions) -> dict[str, Any]:
         The signature (JSON-serialisable).
     """
     return {"task": task.identity(), "act_bits": options.act_bits, "weight_range": options.weight_range,
-            "budget": {"avg_bits": options.budget.avg_bits, "size_mb": options.budget.size_mb},
+            "budget": options.budget.to_dict(),
             "calibrate": options.calibrate, "calibration": asdict(options.calibration) if options.calibrate else None,
             "evaluate_uniform": options.evaluate_uniform}
 
 
-def sensitivity_signature(run: dict[str, Any], layers: list[str]) -> dict[str, Any]:
+def sensitivity_signature(run: dict[str, Any], layers: list[str], bits: tuple[int, ...] = SENSITIVITY_BITS
+                          ) -> dict[str, Any]:
     """The part of a run signature the sensitivity table depends on (not the test split, budget or search).
 
     Args:
         run: :func:`run_signature`'s dict.
         layers: the quantized layers.
+        bits: the table's bit-widths.
 
     Returns:
         The table's signature.
     """
     task = {k: v for k, v in run["task"].items() if k not in ("n_test", "test_sha256", "eval_split")}
     return {"task": task, "act_bits": run["act_bits"], "weight_range": run["weight_range"],
-            "bits": list(SENSITIVITY_BITS), "layers": list(layers)}
+            "bits": list(bits), "layers": list(layers)}
 
 
 def _cached_sensitivity(path: Path, signature: dict[str, Any]) -> SensitivityTable | None:
@@ -124,14 +128,38 @@ def budget_text(budget: Budget) -> str:
         budget: the budget.
 
     Returns:
-        The text.
+        The text (:meth:`mixq.bits.Budget.text`).
     """
-    parts = []
-    if budget.avg_bits is not None:
-        parts.append(f"avg bits <= {budget.avg_bits}")
-    if budget.size_mb is not None:
-        parts.append(f"size <= {budget.size_mb} MB")
-    return " and ".join(parts)
+    return budget.text()
+
+
+def uniform_bits_within(cost: CostModel, budget: Budget, min_bits: int, max_bits: int) -> int:
+    """The largest uniform weight bit-width (activations at the model's bits) within the budget, else ``min_bits``.
+
+    Args:
+        cost: the model's cost model.
+        budget: the budget.
+        min_bits: lowest bit-width.
+        max_bits: highest bit-width.
+
+    Returns:
+        The bit-width.
+    """
+    tol = 1 + 1e-12
+    for b in range(max_bits, min_bits - 1, -1):
+        if cost.bit_params(b) <= budget.max_bit_params(cost.total_params) * tol \
+                and cost.bitops(b) <= budget.max_bitops * tol:
+            return b
+    return min_bits
+
+
+def _table(path: Path, signature: dict[str, Any], measure) -> SensitivityTable:
+    """The table saved at ``path`` with this signature, else ``measure()`` saved there."""
+    table = _cached_sensitivity(path, signature)
+    if table is None:
+        table = measure()
+        table.save(path.parent, signature=signature, stem=path.stem)
+    return table
 
 
 def check_feasible(qm: QuantModel, budget: Budget, min_bits: int) -> None:
@@ -192,30 +220,39 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
         task = replace(task, model=task.model.to(executor.local_device), calib=task.calib.to(executor.local_device))
     qm = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits, weight_range=options.weight_range)
     check_feasible(qm, options.budget, config.min_bits)
+    cost = CostModel.from_model(qm, tuple(task.calib.shape[1:]))
+    cost.check_budget(options.budget, config.min_bits, config.act_choices)
     if overwrite:
         remove_files(out, list(RUN_FILES))
     signature = run_signature(task, options)
     limit = options.budget.max_bit_params(qm.total_params)
     # refuse a stale checkpoint or table before any work
-    _SearchCheckpoint(out / "search_state.json", search_signature(qm.layer_names, limit, config, signature),
+    _SearchCheckpoint(out / "search_state.json",
+                      search_signature(qm.layer_names, limit, config, signature, options.budget.max_bitops),
                       config.iterations).load()
-    table_signature = sensitivity_signature(signature, qm.layer_names)
-    table = _cached_sensitivity(out / "sensitivity.json", table_signature)
     reference = predict(task.model, task.calib)  # float logits (N, K)
-    if table is None:
-        table = compute_sensitivity(qm, task.calib, bits=SENSITIVITY_BITS, progress=options.progress,
-                                    executor=executor)
-        table.save(out, signature=table_signature)
+    table = _table(out / "sensitivity.json", sensitivity_signature(signature, qm.layer_names),
+                   lambda: compute_sensitivity(qm, task.calib, bits=SENSITIVITY_BITS, progress=options.progress,
+                                               executor=executor))
+    act_table = None
+    if config.act_choices:
+        act_table = _table(out / "act_sensitivity.json",
+                           sensitivity_signature(signature, qm.layer_names, config.act_choices),
+                           lambda: compute_act_sensitivity(qm, task.calib, bits=config.act_choices,
+                                                           progress=options.progress, executor=executor))
     result: EvoQResult = evoq_search(
         qm, task.calib, reference, options.budget, config, sensitivity=table,
         checkpoint=out / "search_state.json", progress=options.progress, signature=signature, executor=executor,
-        prefix_mb=options.prefix_mb,
+        prefix_mb=options.prefix_mb, cost=cost, act_sensitivity=act_table,
     )
     result.config.save(out / "config.json")
     fp32 = task.top1(task.model, progress=options.progress, desc="fp32")
     search_top1 = task.top1(qm, progress=options.progress, desc="searched")
-    target = options.budget.max_bit_params(qm.total_params) / qm.total_params
-    uniform_bits = max(config.min_bits, min(config.max_bits, math.floor(target + 1e-9)))
+    if options.budget.bitops is None:
+        target = options.budget.max_bit_params(qm.total_params) / qm.total_params
+        uniform_bits = max(config.min_bits, min(config.max_bits, math.floor(target + 1e-9)))
+    else:
+        uniform_bits = uniform_bits_within(cost, options.budget, config.min_bits, config.max_bits)
     record = {
         "model": task.name,
         "dataset": task.dataset,
@@ -224,7 +261,9 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
         "budget": budget_text(options.budget),
         "target_bits": options.budget.avg_bits,
         "target_size_mb": options.budget.size_mb,
+        "target_bitops": options.budget.bitops,
         "act_bits": options.act_bits,
+        "act_choices": list(config.act_choices),
         "weight_range": options.weight_range,
         "mutation": config.mutation,
         "fp32_top1": fp32,
@@ -232,6 +271,8 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
         "search_top1": search_top1,
         "avg_bits": result.avg_bits,
         "size_mb": result.size_mb,
+        "bitops": result.bitops,
+        "fp32_bitops": cost.bitops(32, 32),
         "fitness": result.fitness,
         "initial_fitness": result.best_history[0],
         "search_seconds": result.seconds,
@@ -245,7 +286,9 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
         "settings": asdict(config),
         "layers": qm.layer_names,
         "bits": list(result.config.weights.values()),
+        "input_bits": [result.config.acts.get(n, options.act_bits) for n in qm.layer_names],
         "params": qm.layer_params,
+        "macs": list(cost.macs),
         "best_history": result.best_history,
         "mean_history": result.mean_history,
         "executor": executor.describe(),  # sensitivity table and search fitness
@@ -256,6 +299,7 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
         qm.set_bits(uniform_bits)
         record["uniform_top1"] = task.top1(qm, progress=options.progress, desc=f"uniform {uniform_bits}")
         record["uniform_size_mb"] = qm.size_mb()
+        record["uniform_bitops"] = cost.bitops(uniform_bits)
         qm.set_bits(result.config)
     if options.calibrate:
         record.update(_calibrate_and_save(qm, task, options, out))

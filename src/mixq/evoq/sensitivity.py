@@ -4,6 +4,10 @@
 to ``b`` bits and every other layer's weights stay in float. The reference output is the same model
 with all weights in float and the activations quantized as configured, so the table isolates the weight
 error of layer ``j`` (with 8-bit activations the activation error is common to every configuration).
+
+The activation table (:func:`compute_act_sensitivity`, for searches with activation genes) is the same
+idea for inputs: ``A[j, a]`` is the output MSE when only layer ``j``'s input is quantized to ``a`` bits,
+every other input at the run's activation bits and every weight in float, against the same reference.
 """
 
 from __future__ import annotations
@@ -83,37 +87,44 @@ class SensitivityTable:
         except (KeyError, TypeError, ValueError) as exc:
             raise MixqError(f"{source} is not a mixq sensitivity table: {exc}") from None
 
-    def save(self, directory: str | os.PathLike, signature: dict | None = None) -> None:
-        """Write ``sensitivity.json`` and ``sensitivity.csv`` (one row per layer) into a folder, atomically.
+    def save(self, directory: str | os.PathLike, signature: dict | None = None, stem: str = "sensitivity") -> None:
+        """Write ``STEM.json`` and ``STEM.csv`` (one row per layer) into a folder, atomically.
 
         Args:
             directory: output folder (created if missing).
             signature: the settings the table was measured with (stored under ``"signature"`` in the JSON
                 file; a cache is reused only by a run with the same signature).
+            stem: file name stem (``"act_sensitivity"`` for the activation table, whose CSV columns read
+                ``mse_a4`` ...).
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         rows = io.StringIO(newline="")
         w = csv.writer(rows)
-        w.writerow(["layer", "params", *[f"mse_w{b}" for b in self.bits]])
+        tag = "a" if stem.startswith("act") else "w"
+        w.writerow(["layer", "params", *[f"mse_{tag}{b}" for b in self.bits]])
         for n, p, row in zip(self.layers, self.params, self.mse):
             w.writerow([n, p, *[f"{v:.6g}" for v in row]])
-        atomic_write_text(d / "sensitivity.csv", rows.getvalue())
+        atomic_write_text(d / f"{stem}.csv", rows.getvalue())
         data = self.to_dict() if signature is None else {"signature": signature, **self.to_dict()}
-        atomic_write_json(d / "sensitivity.json", data)
+        atomic_write_json(d / f"{stem}.json", data)
 
 
 @torch.no_grad()
-def _sensitivity_row(state: tuple[QuantModel, torch.Tensor, torch.Tensor, tuple[int, ...], int], j: int) -> list[float]:
-    """Row ``j`` of the table (a work item of the executor): layer ``j`` at each bit-width, the rest in float."""
-    qm, x, ref, bits, batch_size = state
+def _sensitivity_row(state: tuple[QuantModel, torch.Tensor, torch.Tensor, tuple[int, ...], int, str], j: int
+                     ) -> list[float]:
+    """Row ``j`` of the table (a work item of the executor): layer ``j``'s weight (or input) at each bit-width,
+    every weight in float and every other input at the model's activation bits."""
+    qm, x, ref, bits, batch_size, what = state
     qm.set_bits(FLOAT_BITS)
-    quantizer = qm.layers[qm.layer_names[j]].weight_quantizer
+    layer = qm.layers[qm.layer_names[j]]
+    quantizer = layer.weight_quantizer if what == "weight" else layer.input_quantizer
+    restore = quantizer.bits
     row = []
     for b in bits:
         quantizer.bits = b
         row.append(output_mse(predict(qm, x, batch_size), ref))
-    quantizer.bits = FLOAT_BITS
+    quantizer.bits = restore
     return row
 
 
@@ -125,6 +136,7 @@ def compute_sensitivity(
     batch_size: int = 256,
     progress: bool = True,
     executor: Executor | None = None,
+    what: str = "weight",
 ) -> SensitivityTable:
     """Measure EvoQ's per-layer sensitivity table.
 
@@ -137,21 +149,44 @@ def compute_sensitivity(
         executor: where the rows are computed (default: serially in this process). With a Ray executor
             the model, the samples and the float reference go to the workers once and each worker
             computes whole rows; the table is the same as the serial one.
+        what: ``"weight"`` (EvoQ eq. 4) or ``"act"`` (each layer's input instead; see the module docstring).
 
     Returns:
         The :class:`SensitivityTable`.
     """
     if not bits or any(b == FLOAT_BITS for b in bits):
         raise MixqError(f"sensitivity bit-widths must be quantized bit-widths, got {bits}")
+    if what not in ("weight", "act"):
+        raise MixqError(f"sensitivity of 'weight' or 'act' bits, got {what!r}")
     bits = tuple(sorted(set(bits)))
     saved = qm.bit_config()
     names = qm.layer_names
     try:
         qm.set_bits(FLOAT_BITS)
         ref = predict(qm, x, batch_size)
-        with (executor or SerialExecutor()).session((qm, x, ref, bits, batch_size)) as pool:
-            rows = pool.map(_sensitivity_row, list(range(len(names))), progress=progress, desc="sensitivity")
+        with (executor or SerialExecutor()).session((qm, x, ref, bits, batch_size, what)) as pool:
+            rows = pool.map(_sensitivity_row, list(range(len(names))), progress=progress,
+                            desc="sensitivity" if what == "weight" else "act sensitivity")
     finally:
         qm.set_bits(saved)
     mse = np.array(rows, dtype=np.float64).reshape(len(names), len(bits))
     return SensitivityTable(tuple(names), bits, mse, tuple(qm.layer_params))
+
+
+def compute_act_sensitivity(qm: QuantModel, x: torch.Tensor, bits: tuple[int, ...] = (4, 6, 8),
+                            batch_size: int = 256, progress: bool = True,
+                            executor: Executor | None = None) -> SensitivityTable:
+    """The activation table: output MSE with only layer ``j``'s input at ``b`` bits (module docstring).
+
+    Args:
+        qm: the quantized model with its activation ranges observed (restored afterwards).
+        x: calibration inputs.
+        bits: input bit-widths to measure.
+        batch_size: forward batch size.
+        progress: show a progress bar.
+        executor: where the rows are computed.
+
+    Returns:
+        The :class:`SensitivityTable` (its ``params`` are the layers' weight parameters).
+    """
+    return compute_sensitivity(qm, x, bits, batch_size, progress, executor, what="act")

@@ -198,12 +198,17 @@ class QuantModel(nn.Module):
         """Fast path for searches: weight bits in ``layer_names`` order, no validation beyond length.
 
         Args:
-            bits: one bit-width per layer.
+            bits: one weight bit-width per layer, or the weight bits followed by one input (activation)
+                bit-width per layer (a search genome with activation genes).
         """
-        if len(bits) != len(self.layer_names):
-            raise MixqError(f"expected {len(self.layer_names)} bit-widths, got {len(bits)}")
-        for layer, b in zip(self.layers.values(), bits, strict=False):
+        n = len(self.layer_names)
+        if len(bits) not in (n, 2 * n):
+            raise MixqError(f"expected {n} bit-widths (or {2 * n} with activation bits), got {len(bits)}")
+        for layer, b in zip(self.layers.values(), bits[:n], strict=False):
             layer.weight_quantizer.bits = int(b)
+        if len(bits) == 2 * n:
+            for layer, a in zip(self.layers.values(), bits[n:], strict=False):
+                layer.input_quantizer.bits = int(a)
 
     def bit_config(self) -> BitConfig:
         """The configuration currently set.

@@ -60,10 +60,12 @@ class PrefixCache:
     def _best(self, key: tuple[int, ...]) -> tuple[tuple[int, ...] | None, int]:
         """The stored pass with the longest prefix (in execution order) equal to ``key``'s, and its length."""
         best, best_k = None, 0
+        n = len(self.qm.layer_names)
+        joint = len(key) == 2 * n  # weight bits, then input bits: layer j's output depends on both
         for stored in self._store:
             k = 0
             for j in self.order:
-                if stored[j] != key[j]:
+                if stored[j] != key[j] or (joint and stored[n + j] != key[n + j]):
                     break
                 k += 1
             if k > best_k:
@@ -75,19 +77,20 @@ class PrefixCache:
         """The model output on the fixed inputs with these weight bits (layer order of ``qm.layer_names``).
 
         Args:
-            bits: one bit-width per layer.
+            bits: one weight bit-width per layer, optionally followed by one input bit-width per layer.
 
         Returns:
             The output, equal to ``qm.set_bits_tuple(bits); qm(x)``.
         """
         key = tuple(int(b) for b in bits)
         self.qm.set_bits_tuple(key)
+        n = len(self.qm.layer_names)
         if not self.enabled:
-            self.computed += len(key)
+            self.computed += n
             return self.qm(self.x)
         if key in self._store:  # the same configuration again: its output as stored
             self._store.move_to_end(key)
-            self.replayed += len(key)
+            self.replayed += n
             return self._store[key][1].clone()
         prefix, k = (None, 0) if self.order is None else self._best(key)
         replay: list[torch.Tensor] = []
