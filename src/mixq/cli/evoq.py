@@ -16,12 +16,16 @@ from mixq.cli.common import (
     executor_from_args,
     task_from_args,
 )
+from mixq.errors import MixqError
 from mixq.evoq.bitsearch import EvoQConfig
 from mixq.evoq.calibrate import CalibrationConfig
-from mixq.evoq.pipeline import RunOptions, run_evoq
+from mixq.evoq.pareto import PARETO_DEFAULTS
+from mixq.evoq.pipeline import ParetoOptions, RunOptions, run_evoq, run_evoq_pareto
 from mixq.fileio import locked
 from mixq.paths import output_folder
+from mixq.quant.cost import parse_count
 from mixq.reports.evoq import write_evoq_report
+from mixq.reports.pareto import pareto_table, write_pareto_report
 
 CALIB_DEFAULTS = CalibrationConfig()
 
@@ -29,9 +33,11 @@ CALIB_DEFAULTS = CalibrationConfig()
 def cmd_evoq(args: argparse.Namespace) -> int:
     """EvoQ end to end: sensitivity, evolutionary search, feature calibration, report."""
     check_bits_arg(args.act_bits, "--act-bits")
+    if args.pareto:
+        return _pareto(args)
     budget = budget_from_args(args)
     config = EvoQConfig(
-        population=args.population, sample=args.sample_size, iterations=args.iterations,
+        population=args.population or 16, sample=args.sample_size, iterations=args.iterations or 1000,
         mutation_prob=args.mutation_prob, min_bits=args.min_bits, max_bits=args.max_bits,
         mutation=args.mutation, seed=args.seed, offspring=args.offspring,
         act_choices=tuple(args.act_choices or ()),
@@ -41,14 +47,52 @@ def cmd_evoq(args: argparse.Namespace) -> int:
         return _run(args, budget, config, out)
 
 
-def _run(args: argparse.Namespace, budget: Budget, config: EvoQConfig, out: str) -> int:
-    """Load the task, run EvoQ into the (locked) output folder, write the report, print the summary."""
-    task = task_from_args(args)
-    calibration = CalibrationConfig(
+def _calibration(args: argparse.Namespace) -> CalibrationConfig:
+    return CalibrationConfig(
         epochs=args.calib_epochs, lr=args.calib_lr, alpha=args.calib_alpha, beta=args.calib_beta,
         optimizer=args.calib_optimizer, augment=not args.calib_no_augment, batch_size=args.calib_batch_size,
         seed=args.seed,
     )
+
+
+def _pareto(args: argparse.Namespace) -> int:
+    """``--pareto``: one search for the whole front, its points evaluated, pareto.json and the plot."""
+    cap = None
+    if args.target_bits is not None or args.size_mb is not None or args.target_bitops is not None:
+        cap = budget_from_args(args)
+    config = EvoQConfig(
+        population=args.population or PARETO_DEFAULTS.population, sample=min(args.sample_size, 2),
+        iterations=args.iterations or PARETO_DEFAULTS.iterations, mutation_prob=args.mutation_prob,
+        min_bits=args.min_bits, max_bits=args.max_bits, mutation=args.mutation, seed=args.seed,
+        offspring=args.offspring, act_choices=tuple(args.act_choices or ()),
+    )
+    at = tuple(parse_count(v, "--at") for v in (args.at or ()))
+    pareto = ParetoOptions(cost=args.pareto, points=args.front_points, at=at, calibrate=args.calibrate_front)
+    if args.front_points < 2:
+        raise MixqError(f"--front-points must be at least 2, got {args.front_points}")
+    out = args.out or f"runs/evoq-pareto-{args.model.replace(':', '_')}-{args.pareto}"
+    with locked(output_folder(out)):
+        task = task_from_args(args)
+        options = RunOptions(budget=Budget(avg_bits=config.max_bits), act_bits=args.act_bits,
+                             weight_range=args.weight_range, calibration=_calibration(args),
+                             progress=not args.no_progress, prefix_mb=args.prefix_mb)
+        with executor_from_args(args) as executor:
+            r = run_evoq_pareto(task, options, config, pareto, out, overwrite=args.overwrite, cap=cap,
+                                executor=executor)
+    write_pareto_report(out)
+    print(f"model      {r['model']}  ({r['n_test']} images of {r['test_split']}, {r['samples']} calibration samples, "
+          f"seed {r['seed']})")
+    print(f"front      {r['front_size']} non-dominated configurations of (output MSE, {r['cost']}) from "
+          f"{r['evaluations']} evaluations in {r['seconds']['search']:.1f} s; {len(r['front'])} evaluated")
+    print(pareto_table(r))
+    print(f"wrote {out}/pareto.json, report.md, pareto.png and front/*/config.json")
+    return 0
+
+
+def _run(args: argparse.Namespace, budget: Budget, config: EvoQConfig, out: str) -> int:
+    """Load the task, run EvoQ into the (locked) output folder, write the report, print the summary."""
+    task = task_from_args(args)
+    calibration = _calibration(args)
     options = RunOptions(budget=budget, act_bits=args.act_bits, weight_range=args.weight_range,
                          calibrate=not args.no_calibrate, calibration=calibration,
                          evaluate_uniform=not args.no_uniform, progress=not args.no_progress,
@@ -94,8 +138,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--act-choices", type=int, nargs="+", metavar="B",
                    help="also search each layer's input (activation) bits among these, e.g. 4 6 8 (default: "
                         "weights only, every input at --act-bits)")
-    s.add_argument("--iterations", type=int, default=1000, help="children T (default %(default)s)")
-    s.add_argument("--population", type=int, default=16, help="population P (default %(default)s)")
+    s.add_argument("--iterations", type=int, help="children T (default 1000; 2000 with --pareto)")
+    s.add_argument("--population", type=int, help="population P (default 16; 32 with --pareto)")
     s.add_argument("--sample-size", type=int, default=8, help="tournament sample S (default %(default)s)")
     s.add_argument("--offspring", type=int, default=1,
                    help="children per generation, evaluated as one batch: 1 is the paper's steady state; set it "
@@ -122,6 +166,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="samples per step; lower it to save memory on large models (default %(default)s)")
     c.add_argument("--calib-no-augment", action="store_true",
                    help="show the calibration images as they are (no random shifts/flips)")
+    f = p.add_argument_group("Pareto front (--pareto): every budget in one run")
+    f.add_argument("--pareto", choices=["bits", "mb", "bitops"],
+                   help="search the non-dominated front of (output MSE, this cost) in one run by NSGA-II selection "
+                        "(binary tournaments on rank and crowding) with EvoQ's mutation, instead of one budget; a "
+                        "--target-* budget given too caps the front. Writes pareto.json, pareto.png, report.md and "
+                        "front/NN/config.json")
+    f.add_argument("--front-points", type=int, default=10,
+                   help="front points evaluated on the test split, spread evenly over its cost (default %(default)s)")
+    f.add_argument("--at", nargs="+", metavar="COST",
+                   help="also evaluate the best front point within each of these budgets on the --pareto axis "
+                        "(e.g. --pareto bits --at 2.5 3 3.5 4; BitOps accept k/M/G suffixes)")
+    f.add_argument("--calibrate-front", action="store_true",
+                   help="feature-calibrate every evaluated point and uniform configuration (one calibration each; "
+                        "about a minute apiece for ResNet-20 on 2 cores)")
     p.add_argument("--no-uniform", action="store_true", help="skip evaluating the uniform-bit baseline")
     p.add_argument("--prefix-mb", type=float, default=2048.0,
                    help="memory (MiB) for recent configurations' layer outputs: a child replays its parent's "

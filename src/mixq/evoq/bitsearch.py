@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -590,6 +591,61 @@ def search_signature(layers: list[str], limit: float, config: EvoQConfig, extra:
     return out
 
 
+def _evolve(
+    make: Callable[[Callable[[list[Genome]], list[float]] | None], TournamentEvolution],
+    evaluate: FitnessEvaluator,
+    worker_state: tuple[QuantModel, torch.Tensor, torch.Tensor],
+    executor: Executor | None,
+    ckpt: _SearchCheckpoint,
+    elapsed: float,
+    iterations: int,
+    checkpoint_every: int,
+    progress: bool,
+    desc: str,
+) -> tuple[TournamentEvolution, float]:
+    """Run a search to its last iteration, checkpointing every ``checkpoint_every`` generations.
+
+    Args:
+        make: builds the search from its batch evaluator (None: ``evaluate`` one genome at a time).
+        evaluate: this process's fitness evaluator.
+        worker_state: ``(qm, x, reference)`` for the workers of a non-serial executor.
+        executor: where each generation's children are evaluated (None: here, one by one).
+        ckpt: the checkpoint file.
+        elapsed: seconds already spent by the runs this one resumes.
+        iterations: children in all (the progress bar's length).
+        checkpoint_every: generations between checkpoints.
+        progress: show a progress bar with the best fitness.
+        desc: the bar's label.
+
+    Returns:
+        The finished search and its total seconds.
+    """
+    t0 = time.perf_counter()
+    local = executor is None or isinstance(executor, SerialExecutor)
+    # a serial executor maps over this process's evaluator (prefix cache and all); Ray over workers' copies
+    pool = None if executor is None else executor.session(evaluate if local else worker_state)
+    try:
+        search = make(None if pool is None else (lambda genomes: pool.map(_fitness_item, genomes)))
+        bar = progress_bar(total=iterations, initial=search.state.iteration, desc=desc, enabled=progress)
+        generation = 0
+        while not search.done:
+            before = search.state.iteration
+            search.step()
+            generation += 1
+            bar.update(search.state.iteration - before)
+            if search.state.iteration // 10 > before // 10:
+                bar.set_postfix(best_mse=f"{search.state.best[1]:.5f}", evals=search.state.evaluations)
+            if generation % checkpoint_every == 0:
+                ckpt.save(search, elapsed + time.perf_counter() - t0)
+        bar.close()
+    finally:
+        if pool is not None:
+            pool.close()
+    seconds = elapsed + time.perf_counter() - t0
+    ckpt.save(search, seconds)
+    return search, seconds
+
+
 def evoq_search(
     qm: QuantModel,
     x: torch.Tensor,
@@ -646,37 +702,11 @@ def evoq_search(
     ckpt = _SearchCheckpoint(checkpoint, search_signature(qm.layer_names, space.limit, config, signature,
                                                           space.ops_limit), config.iterations)
     state, elapsed = ckpt.load()
-    save = ckpt.save
-
-    t0 = time.perf_counter()
-    # a serial executor maps over this process's evaluator (prefix cache and all); Ray over workers' copies
-    pool = None if executor is None else executor.session(evaluate if local else (qm, x, reference))
-    try:
-        search = TournamentEvolution(
-            config.evolution(),
-            evaluate,
-            space.mutate,
-            lambda rng: space.initial(start_bits, rng, config.population),
-            state=state,
-            evaluate_many=None if pool is None else (lambda genomes: pool.map(_fitness_item, genomes)),
-        )
-        bar = progress_bar(total=config.iterations, initial=search.state.iteration, desc="evoq", enabled=progress)
-        generation = 0
-        while not search.done:
-            before = search.state.iteration
-            search.step()
-            generation += 1
-            bar.update(search.state.iteration - before)
-            if search.state.iteration // 10 > before // 10:
-                bar.set_postfix(best_mse=f"{search.state.best[1]:.5f}", evals=search.state.evaluations)
-            if generation % checkpoint_every == 0:
-                save(search, elapsed + time.perf_counter() - t0)
-        bar.close()
-    finally:
-        if pool is not None:
-            pool.close()
-    seconds = elapsed + time.perf_counter() - t0
-    save(search, seconds)
+    search, seconds = _evolve(
+        lambda evaluate_many: TournamentEvolution(
+            config.evolution(), evaluate, space.mutate, lambda rng: space.initial(start_bits, rng, config.population),
+            state=state, evaluate_many=evaluate_many),
+        evaluate, (qm, x, reference), executor, ckpt, elapsed, config.iterations, checkpoint_every, progress, "evoq")
     best, fit = search.state.best
     assert space.feasible(best), "search produced an over-budget configuration"
     qm.set_bits_tuple(best)

@@ -25,15 +25,19 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mixq.bits import Budget
+import numpy as np
+
+from mixq.bits import BitConfig, Budget
 from mixq.errors import MixqError
 from mixq.evaluation.metrics import predict
 from mixq.evaluation.task import Task
 from mixq.evoq.bitsearch import RESUME_HINT, EvoQConfig, EvoQResult, _SearchCheckpoint, evoq_search, search_signature
 from mixq.evoq.calibrate import CalibrationConfig, calibrate
+from mixq.evoq.pareto import pareto_search
 from mixq.evoq.sensitivity import SensitivityTable, compute_act_sensitivity, compute_sensitivity
 from mixq.executor import Executor, SerialExecutor
 from mixq.fileio import atomic_write_json, check_signature, locked, remove_files
+from mixq.pareto import thin
 from mixq.paths import output_folder
 from mixq.provenance import versions
 from mixq.quant.cost import CostModel
@@ -307,4 +311,145 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
         record["quant_top1"] = search_top1
     record["total_seconds"] = time.perf_counter() - t_start
     atomic_write_json(out / "result.json", record)
+    return record
+
+
+PARETO_FILES = ("pareto_state.json", "sensitivity.json", "sensitivity.csv", "act_sensitivity.json",
+                "act_sensitivity.csv", "pareto.json", "pareto.png", "report.md")
+
+
+@dataclass(frozen=True)
+class ParetoOptions:
+    """What a Pareto run reports beside the search.
+
+    Attributes:
+        cost: the cost axis, ``"bits"``, ``"mb"`` or ``"bitops"``.
+        points: front points evaluated on the test split, spread evenly along the front in (log cost, log MSE).
+        at: budgets on the cost axis whose best front point is evaluated too (e.g. single-budget targets).
+        calibrate: feature-calibrate every evaluated point and uniform configuration (one calibration each).
+        uniform_bits: uniform weight bit-widths evaluated beside the front.
+    """
+
+    cost: str = "bitops"
+    points: int = 10
+    at: tuple[float, ...] = ()
+    calibrate: bool = False
+    uniform_bits: tuple[int, ...] = (2, 3, 4, 8)
+
+
+def run_evoq_pareto(task: Task, options: RunOptions, config: EvoQConfig, pareto: ParetoOptions,
+                    out: str | os.PathLike, overwrite: bool = False, cap: Budget | None = None,
+                    executor: Executor | None = None) -> dict:
+    """``mixq evoq --pareto``: the front of (output MSE, cost) in one search, evaluated and plotted.
+
+    Writes ``pareto.json`` (the record of :mod:`mixq.reports.pareto`), ``front/NN/config.json`` for every
+    evaluated point, the sensitivity tables and ``pareto_state.json`` (the resumable search).
+
+    Args:
+        task: model, calibration samples and evaluation split.
+        options: quantizer and run options (``options.budget`` is ignored; see ``cap``).
+        config: search settings (:data:`~mixq.evoq.pareto.PARETO_DEFAULTS` is a good start).
+        pareto: cost axis, points to evaluate, calibration.
+        out: output folder (locked for the run; a search of the same settings there is resumed).
+        overwrite: discard an earlier run's files in ``out``.
+        cap: a budget no configuration may exceed (default none).
+        executor: where the sensitivity rows and the children's fitness run.
+
+    Returns:
+        The ``pareto.json`` dict.
+    """
+    out = output_folder(out)
+    with locked(out):
+        return _pareto_locked(task, options, config, pareto, out, overwrite, cap, executor or SerialExecutor())
+
+
+def _pareto_locked(task: Task, options: RunOptions, config: EvoQConfig, pareto: ParetoOptions, out: Path,
+                   overwrite: bool, cap: Budget | None, executor: Executor) -> dict:
+    t_start = time.perf_counter()
+    if executor.local_device.type != "cpu":
+        task = replace(task, model=task.model.to(executor.local_device), calib=task.calib.to(executor.local_device))
+    qm = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits, weight_range=options.weight_range)
+    cost = CostModel.from_model(qm, tuple(task.calib.shape[1:]))
+    if cap is not None:
+        cost.check_budget(cap, config.min_bits, config.act_choices)
+    if overwrite:
+        remove_files(out, list(PARETO_FILES))
+    signature = run_signature(task, replace(options, budget=cap or Budget(avg_bits=config.max_bits), calibrate=False))
+    signature.pop("calibrate"), signature.pop("calibration"), signature.pop("evaluate_uniform")
+    reference = predict(task.model, task.calib)
+    t0 = time.perf_counter()
+    table = _table(out / "sensitivity.json", sensitivity_signature(signature, qm.layer_names),
+                   lambda: compute_sensitivity(qm, task.calib, bits=SENSITIVITY_BITS, progress=options.progress,
+                                               executor=executor))
+    act_table = None
+    if config.act_choices:
+        act_table = _table(out / "act_sensitivity.json",
+                           sensitivity_signature(signature, qm.layer_names, config.act_choices),
+                           lambda: compute_act_sensitivity(qm, task.calib, bits=config.act_choices,
+                                                           progress=options.progress, executor=executor))
+    table_seconds = time.perf_counter() - t0
+    result = pareto_search(qm, task.calib, reference, cost, pareto.cost, config, sensitivity=table,
+                           act_sensitivity=act_table, cap=cap, checkpoint=out / "pareto_state.json",
+                           progress=options.progress, signature=signature, executor=executor,
+                           prefix_mb=options.prefix_mb)
+    front = result.front
+    # spread evenly along the front in (log cost, log MSE): as many points on its steep part as on its flat one
+    chosen = set(thin(np.log([p[2] for p in front]), pareto.points,
+                      np.log(np.maximum([p[1] for p in front], 1e-30)))) if len(front) > 1 else {0}
+    targets = []
+    for limit in pareto.at:
+        best = result.at(limit)
+        targets.append({"budget": limit, "index": None if best is None else front.index(best)})
+        if best is not None:
+            chosen.add(front.index(best))
+    t_eval = time.perf_counter()
+
+    def evaluate(bits, label: str) -> dict:
+        """Top-1 of one configuration (and after feature calibration of a fresh copy, when asked)."""
+        qm.set_bits(bits)
+        row = {"top1": task.top1(qm, progress=options.progress, desc=label)}
+        if pareto.calibrate:
+            fresh = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits,
+                               weight_range=options.weight_range)
+            fresh.set_bits(bits)
+            calibrate(fresh, task.calib, options.calibration, progress=options.progress)
+            row["top1_calibrated"] = task.top1(fresh, progress=options.progress, desc=label + " calibrated")
+        return row
+
+    points = []
+    for k, i in enumerate(sorted(chosen)):
+        genome, fitness, _ = front[i]
+        cfg = result.config(genome)
+        path = out / "front" / f"{k:02d}" / "config.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cfg.save(path)
+        points.append({"front_index": i, "score": fitness, **cost.of_config(cfg),
+                       "act_bits_mean": float(sum(cfg.acts.get(n, options.act_bits) for n in qm.layer_names)
+                                              / len(qm.layer_names)),
+                       "config": str(path.relative_to(out)), **evaluate(cfg, f"front {k}")})
+    uniform = []
+    acts = sorted({options.act_bits, *config.act_choices})
+    for b in pareto.uniform_bits:
+        for a in acts:
+            cfg = BitConfig({n: b for n in qm.layer_names}, {n: a for n in qm.layer_names})
+            uniform.append({"weight_bits": b, "act_bits": a, **cost.of_config(cfg), **evaluate(cfg, f"W{b}A{a}")})
+    record = {
+        "method": "evoq", "model": task.name, "dataset": task.dataset, "cost": pareto.cost,
+        "calib_split": "train" if task.dataset == "cifar10" else "sample", "test_split": task.split_text(),
+        "n_test": len(task.test), "seed": config.seed, "samples": int(task.calib.shape[0]),
+        "act_bits": options.act_bits, "act_choices": list(config.act_choices), "weight_range": options.weight_range,
+        "cap": None if cap is None else cap.to_dict(), "settings": asdict(config), "pareto": asdict(pareto),
+        "calibration": asdict(options.calibration) if pareto.calibrate else None,
+        "fp32": {"top1": task.top1(task.model, progress=options.progress, desc="fp32"),
+                 "size_mb": cost.size_mb(32), "bitops": cost.bitops(32, 32), "avg_bits": 32.0},
+        "front": points, "uniform": uniform, "targets": targets,
+        "front_size": len(front), "evaluations": result.evaluations, "iterations": result.iterations,
+        "archive_front": [{"score": f, "cost": c} for _, f, c in front],
+        "best_history": result.best_history, "prefix_cache": {"max_mb": options.prefix_mb, **result.layer_passes},
+        "seconds": {"sensitivity": table_seconds, "search": result.seconds,
+                    "evaluation": time.perf_counter() - t_eval, "total": time.perf_counter() - t_start},
+        "layers": qm.layer_names, "params": qm.layer_params, "macs": list(cost.macs),
+        "executor": executor.describe(), "versions": versions(),
+    }
+    atomic_write_json(out / "pareto.json", record)
     return record
