@@ -1,8 +1,9 @@
 """#15's measurements: one Pareto run against single-budget searches, and activation genes at equal BitOps.
 
 Part ``front`` (weight bits only, cost = average weight bits, activations 8-bit): for each seed, EvoQ at
-each single budget in TARGETS (default settings, 1,000 children, population 16) and one ``--pareto bits``
-run (population 32, 2,000 children) whose best front point within each target is evaluated too. Reported:
+each single budget in TARGETS (default settings, 1,000 children, population 16) and one ``--pareto bits
+--at TARGETS`` run with its defaults (the warm-started sweep: 1,500 children over the four budgets), whose
+best front point within each target is evaluated too. Reported:
 search seconds of the Pareto run over the mean single-budget search (the same machine, one job at a time),
 and top-1 of the Pareto point at each target minus the single-budget search's (no calibration: the claim
 is about the search).
@@ -38,7 +39,7 @@ from mixq.bits import Budget  # noqa: E402
 from mixq.evaluation.task import load_task  # noqa: E402
 from mixq.evoq.bitsearch import EvoQConfig  # noqa: E402
 from mixq.evoq.calibrate import CalibrationConfig  # noqa: E402
-from mixq.evoq.pareto import PARETO_DEFAULTS  # noqa: E402
+from mixq.evoq.pareto import SWEEP_DEFAULTS  # noqa: E402
 from mixq.evoq.pipeline import ParetoOptions, RunOptions, run_evoq, run_evoq_pareto  # noqa: E402
 from mixq.fileio import atomic_write_json  # noqa: E402
 from mixq.provenance import versions  # noqa: E402
@@ -71,7 +72,7 @@ def run_front(model: str, seed: int) -> None:
                                       progress=False), EvoQConfig(seed=seed), out)
     out = OUT / model / "pareto-bits" / f"seed-{seed}"
     if _done(out, "pareto.json") is None:
-        config = EvoQConfig(population=PARETO_DEFAULTS.population, iterations=PARETO_DEFAULTS.iterations, seed=seed)
+        config = EvoQConfig(population=SWEEP_DEFAULTS.population, iterations=SWEEP_DEFAULTS.iterations, seed=seed)
         run_evoq_pareto(task, RunOptions(budget=Budget(avg_bits=8), progress=False), config,
                         ParetoOptions(cost="bits", points=8, at=TARGETS, uniform_bits=(2, 3, 4, 8)), out)
         write_pareto_report(out)

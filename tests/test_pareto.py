@@ -16,7 +16,7 @@ from mixq.errors import MixqError
 from mixq.evaluation.metrics import output_mse, predict
 from mixq.evoq.bitsearch import BitSpace, EvoQConfig
 from mixq.evoq.evolution import EvolutionConfig
-from mixq.evoq.pareto import ParetoEvolution, pareto_search
+from mixq.evoq.pareto import ParetoEvolution, pareto_search, sweep_search
 from mixq.evoq.sensitivity import compute_act_sensitivity, compute_sensitivity
 from mixq.pareto import crowding_distance, nondominated_ranks, pareto_indices, thin
 from mixq.quant.cost import CostModel
@@ -196,6 +196,36 @@ def test_pareto_search_resumes_to_the_uninterrupted_front(tiny, tmp_path):
         pareto_search(qm, x, ref, cost, "joules", full, sensitivity=table, progress=False)
 
 
+def test_sweep_search_meets_every_budget_shares_one_cache_and_resumes(tiny, tmp_path):
+    model, qm, x, ref = tiny
+    cost = CostModel.from_model(qm, (3, 8, 8))
+    table = compute_sensitivity(qm, x, progress=False)
+    budgets = [2.5, 4.0, 3.0]
+    cfg = EvoQConfig(population=8, iterations=90, seed=0)
+    r = sweep_search(qm, x, ref, cost, "bits", budgets, cfg, sensitivity=table, checkpoint_dir=tmp_path,
+                     progress=False)
+    assert r.settings["budgets"] == [4.0, 3.0, 2.5] and r.iterations == 90
+    assert sorted(p.name for p in tmp_path.glob("sweep_state_*.json")) == [f"sweep_state_{k}.json" for k in range(3)]
+    for b in budgets:
+        g, s, c = r.at(b)
+        assert c <= b and s == pytest.approx(_brute_mse(qm, x, ref, g), rel=1e-6)
+        # no evaluated configuration within the budget is better (the archive is complete)
+        assert s <= min(f for g2, f, c2 in r.front if c2 <= b)
+    assert len(r.front) <= r.evaluations <= r.iterations + 8  # one cache: no genome evaluated twice across stages
+    again = sweep_search(qm, x, ref, cost, "bits", budgets, cfg, sensitivity=table, checkpoint_dir=tmp_path,
+                         progress=False)
+    assert again.front == r.front and again.evaluations == r.evaluations
+    assert again.layer_passes["computed"] == 0  # every stage resumed finished: nothing evaluated again
+    fresh = sweep_search(qm, x, ref, cost, "bits", budgets, cfg, sensitivity=table, progress=False)
+    assert fresh.front == r.front
+    capped = sweep_search(qm, x, ref, cost, "bits", [4.0], cfg, sensitivity=table, cap=Budget(bitops=cost.bitops(3)),
+                          progress=False)
+    assert all(c2 <= 4.0 for _, _, c2 in capped.front)
+    assert cost.bitops(list(capped.at(4.0)[0])) <= cost.bitops(3)
+    with pytest.raises(MixqError, match="infeasible"):
+        sweep_search(qm, x, ref, cost, "bits", [1.5], cfg, sensitivity=table, progress=False)
+
+
 def test_cli_pareto_writes_front_plot_and_configs(demo_only, tmp_path, capsys):
     out = tmp_path / "p"
     argv = ["evoq", "--pareto", "bitops", "--act-choices", "4", "8", "--iterations", "40", "--population", "8",
@@ -205,7 +235,7 @@ def test_cli_pareto_writes_front_plot_and_configs(demo_only, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "front" in text and "uniform W4A4" in text and "FP32" in text
     r = json.loads((out / "pareto.json").read_text())
-    assert {"pareto.png", "report.md", "pareto_state.json", "sensitivity.json", "act_sensitivity.json"} <= {
+    assert {"pareto.png", "report.md", "sweep_state_0.json", "sensitivity.json", "act_sensitivity.json"} <= {
         p.name for p in out.iterdir()}
     assert r["method"] == "evoq" and r["cost"] == "bitops" and r["n_test"] == 100 and r["seed"] == 0
     assert 2 <= len(r["front"]) <= 5 and len(r["uniform"]) == 4 * 2

@@ -19,7 +19,7 @@ from mixq.cli.common import (
 from mixq.errors import MixqError
 from mixq.evoq.bitsearch import EvoQConfig
 from mixq.evoq.calibrate import CalibrationConfig
-from mixq.evoq.pareto import PARETO_DEFAULTS
+from mixq.evoq.pareto import PARETO_DEFAULTS, SWEEP_DEFAULTS
 from mixq.evoq.pipeline import ParetoOptions, RunOptions, run_evoq, run_evoq_pareto
 from mixq.fileio import locked
 from mixq.paths import output_folder
@@ -60,16 +60,19 @@ def _pareto(args: argparse.Namespace) -> int:
     cap = None
     if args.target_bits is not None or args.size_mb is not None or args.target_bitops is not None:
         cap = budget_from_args(args)
+    defaults = SWEEP_DEFAULTS if args.pareto_method == "sweep" else PARETO_DEFAULTS
     config = EvoQConfig(
-        population=args.population or PARETO_DEFAULTS.population, sample=min(args.sample_size, 2),
-        iterations=args.iterations or PARETO_DEFAULTS.iterations, mutation_prob=args.mutation_prob,
+        population=args.population or defaults.population,
+        sample=args.sample_size if args.pareto_method == "sweep" else min(args.sample_size, 2),
+        iterations=args.iterations or defaults.iterations, mutation_prob=args.mutation_prob,
         min_bits=args.min_bits, max_bits=args.max_bits, mutation=args.mutation, seed=args.seed,
         offspring=args.offspring, act_choices=tuple(args.act_choices or ()),
     )
-    at = tuple(parse_count(v, "--at") for v in (args.at or ()))
-    pareto = ParetoOptions(cost=args.pareto, points=args.front_points, at=at, calibrate=args.calibrate_front)
     if args.front_points < 2:
         raise MixqError(f"--front-points must be at least 2, got {args.front_points}")
+    at = tuple(parse_count(v, "--at") for v in (args.at or ()))
+    pareto = ParetoOptions(cost=args.pareto, points=args.front_points, at=at, calibrate=args.calibrate_front,
+                           method=args.pareto_method)
     out = args.out or f"runs/evoq-pareto-{args.model.replace(':', '_')}-{args.pareto}"
     with locked(output_folder(out)):
         task = task_from_args(args)
@@ -138,8 +141,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--act-choices", type=int, nargs="+", metavar="B",
                    help="also search each layer's input (activation) bits among these, e.g. 4 6 8 (default: "
                         "weights only, every input at --act-bits)")
-    s.add_argument("--iterations", type=int, help="children T (default 1000; 2000 with --pareto)")
-    s.add_argument("--population", type=int, help="population P (default 16; 32 with --pareto)")
+    s.add_argument("--iterations", type=int,
+                   help="children T (default 1000; with --pareto: 1500 over all budgets, 2000 for nsga2)")
+    s.add_argument("--population", type=int, help="population P (default 16; 32 with --pareto-method nsga2)")
     s.add_argument("--sample-size", type=int, default=8, help="tournament sample S (default %(default)s)")
     s.add_argument("--offspring", type=int, default=1,
                    help="children per generation, evaluated as one batch: 1 is the paper's steady state; set it "
@@ -168,15 +172,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="show the calibration images as they are (no random shifts/flips)")
     f = p.add_argument_group("Pareto front (--pareto): every budget in one run")
     f.add_argument("--pareto", choices=["bits", "mb", "bitops"],
-                   help="search the non-dominated front of (output MSE, this cost) in one run by NSGA-II selection "
-                        "(binary tournaments on rank and crowding) with EvoQ's mutation, instead of one budget; a "
-                        "--target-* budget given too caps the front. Writes pareto.json, pareto.png, report.md and "
-                        "front/NN/config.json")
+                   help="search the non-dominated front of (output MSE, this cost) in one run instead of one budget; "
+                        "a --target-* budget given too caps every configuration. Writes pareto.json, pareto.png, "
+                        "report.md and front/NN/config.json")
+    f.add_argument("--pareto-method", choices=["sweep", "nsga2"], default="sweep",
+                   help="sweep: EvoQ at each --at budget (or --front-points budgets spread over the cost range), "
+                        "loosest first, each warm-started from the last one's population, one fitness cache for all "
+                        "(1,500 children in all by default); nsga2: one population (P 32, 2,000 children) under "
+                        "NSGA-II selection over the whole range (default %(default)s)")
     f.add_argument("--front-points", type=int, default=10,
                    help="front points evaluated on the test split, spread evenly over its cost (default %(default)s)")
     f.add_argument("--at", nargs="+", metavar="COST",
-                   help="also evaluate the best front point within each of these budgets on the --pareto axis "
-                        "(e.g. --pareto bits --at 2.5 3 3.5 4; BitOps accept k/M/G suffixes)")
+                   help="budgets on the --pareto axis whose best front point is evaluated too, and which the sweep "
+                        "searches (e.g. --pareto bits --at 2.5 3 3.5 4; BitOps accept k/M/G suffixes)")
     f.add_argument("--calibrate-front", action="store_true",
                    help="feature-calibrate every evaluated point and uniform configuration (one calibration each; "
                         "about a minute apiece for ResNet-20 on 2 cores)")

@@ -123,6 +123,8 @@ class TournamentEvolution:
         state: a saved state to resume from.
         evaluate_many: list of genomes -> their fitnesses, in order (a batch; e.g. an executor's map).
             Default: ``evaluate`` on each genome in turn.
+        cache: genome -> fitness already known (shared with other searches of the same fitness; a new
+            state's cache is this dict itself). Ignored when ``state`` is given.
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class TournamentEvolution:
         initial: Callable[[np.random.Generator], list[Genome]],
         state: EvolutionState | None = None,
         evaluate_many: Callable[[list[Genome]], list[float]] | None = None,
+        cache: dict[Genome, float] | None = None,
     ) -> None:
         self.config = config
         self._evaluate = evaluate
@@ -140,7 +143,7 @@ class TournamentEvolution:
         self._mutate = mutate
         self.rng = np.random.default_rng(config.seed)
         if state is None:
-            self.state = EvolutionState()
+            self.state = EvolutionState(cache=cache if cache is not None else {})
             self._initialise(initial)
         else:
             self.state = state

@@ -48,6 +48,9 @@ from mixq.quant.cost import COSTS, CostModel
 from mixq.quant.model import QuantModel
 
 PARETO_DEFAULTS = EvoQConfig(population=32, iterations=2000)  # a front needs a wider population than one budget
+#: the sweep's defaults: EvoQ's population, 1,500 children over all budgets together (about 1.5x one search)
+SWEEP_DEFAULTS = EvoQConfig(population=16, iterations=1500)
+METHODS = ("sweep", "nsga2")
 
 
 class ParetoEvolution(TournamentEvolution):
@@ -229,4 +232,137 @@ def pareto_search(
     return ParetoResult(cost=cost, front=front, layers=list(qm.layer_names), evaluations=search.state.evaluations,
                         iterations=search.state.iteration, seconds=seconds,
                         best_history=list(search.state.best_history), settings=asdict(config),
+                        layer_passes={"computed": evaluate.cache.computed, "replayed": evaluate.cache.replayed})
+
+
+def budget_on(cost: str, limit: float) -> Budget:
+    """The :class:`Budget` that bounds one cost axis at ``limit``.
+
+    Args:
+        cost: ``"bits"``, ``"mb"`` or ``"bitops"``.
+        limit: the bound.
+
+    Returns:
+        The budget.
+    """
+    if cost not in COSTS:
+        raise MixqError(f"Pareto cost must be one of {list(COSTS)}, got {cost!r}")
+    if cost == "bits":
+        return Budget(avg_bits=limit)
+    return Budget(size_mb=limit) if cost == "mb" else Budget(bitops=limit)
+
+
+def _tightest(a: Budget, b: Budget | None) -> Budget:
+    """Every limit of ``a`` and ``b``, the smaller where both set one."""
+    if b is None:
+        return a
+
+    def least(u: float | None, v: float | None) -> float | None:
+        return v if u is None else u if v is None else min(u, v)
+
+    return Budget(avg_bits=least(a.avg_bits, b.avg_bits), size_mb=least(a.size_mb, b.size_mb),
+                  bitops=least(a.bitops, b.bitops))
+
+
+def sweep_search(
+    qm: QuantModel,
+    x: torch.Tensor,
+    reference: torch.Tensor,
+    cost_model: CostModel,
+    cost: str,
+    budgets: list[float],
+    config: EvoQConfig = PARETO_DEFAULTS,
+    sensitivity: SensitivityTable | None = None,
+    act_sensitivity: SensitivityTable | None = None,
+    cap: Budget | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    signature: dict | None = None,
+    executor: Executor | None = None,
+    prefix_mb: float = 2048.0,
+) -> ParetoResult:
+    """Every budget in one run by a warm-started sweep: EvoQ at each budget, loosest first, sharing one cache.
+
+    The search at budget ``k`` starts from the final population of budget ``k - 1`` repaired into the
+    tighter budget (the first from EvoQ's usual uniform start) and runs ``config.iterations / len(budgets)``
+    children; one fitness cache, one prefix cache and the sensitivity tables serve every stage, so a genome
+    seen at one budget is never evaluated again at another. The front is the non-dominated set of every
+    configuration evaluated; :meth:`ParetoResult.at` gives the best point within each budget.
+
+    Args:
+        qm: quantized model (left at the cheapest front point's bits).
+        x: calibration inputs.
+        reference: float logits on ``x``.
+        cost_model: the model's cost model.
+        cost: the budgets' axis (``"bits"``, ``"mb"``, ``"bitops"``).
+        budgets: the budgets (any order; searched loosest first).
+        config: search settings; ``iterations`` is the total over all budgets.
+        sensitivity: weight table (guided mutation and repair).
+        act_sensitivity: activation table (with ``config.act_choices``).
+        cap: a budget every stage must also respect (its limits are added to each stage's).
+        checkpoint_dir: folder for one resumable checkpoint per budget (``sweep_state_K.json``).
+        progress: progress bars.
+        signature: further settings the checkpoints must match.
+        executor: where each generation's children are evaluated.
+        prefix_mb: prefix cache memory (MiB) when the fitness runs here.
+
+    Returns:
+        The :class:`ParetoResult` (``settings["budgets"]`` lists the budgets, loosest first).
+    """
+    if not budgets:
+        raise MixqError("a budget sweep needs at least one budget")
+    order = sorted({float(b) for b in budgets}, reverse=True)
+    n = len(qm.layer_names)
+    per_stage = max(1, config.iterations // len(order))
+    local = executor is None or isinstance(executor, SerialExecutor)
+    evaluate = FitnessEvaluator(qm, x, reference, prefix_mb=prefix_mb if local else 0.0)
+    shared: dict[Genome, float] = {}
+    population: list[Genome] | None = None
+    seconds = 0.0
+    evaluations = iterations = 0
+    history: list[float] = []
+    for k, limit in enumerate(order):
+        budget = _tightest(budget_on(cost, limit), cap)
+        cost_model.check_budget(budget, config.min_bits, config.act_choices)
+        space = BitSpace(qm.layer_params, budget, config, sensitivity, macs=list(cost_model.macs),
+                         act_sensitivity=act_sensitivity, act_bits=qm.act_bits)
+        stage = EvoQConfig(**{**asdict(config), "iterations": per_stage, "seed": config.seed + k})
+
+        def initial(rng: np.random.Generator, space=space, population=population) -> list[Genome]:
+            if population is None:
+                return space.initial(space.uniform_bits(), rng, config.population)
+            return list(dict.fromkeys(space.repair(g, rng) for g in population))
+
+        path = None if checkpoint_dir is None else os.path.join(checkpoint_dir, f"sweep_state_{k}.json")
+        sig = search_signature(qm.layer_names, space.limit, stage,
+                               {**(signature or {}), "sweep": {"cost": cost, "budgets": order, "stage": k,
+                                                               "cap": None if cap is None else cap.to_dict()}},
+                               space.ops_limit)
+        ckpt = _SearchCheckpoint(path, sig, per_stage)
+        state, elapsed = ckpt.load()
+        if state is not None:
+            shared.update(state.cache)
+            state.cache = shared
+        search, took = _evolve(
+            lambda evaluate_many, space=space, stage=stage, initial=initial, state=state: TournamentEvolution(
+                stage.evolution(), evaluate, space.mutate, initial, state=state, evaluate_many=evaluate_many,
+                cache=shared),
+            evaluate, (qm, x, reference), executor, ckpt, elapsed, per_stage, 1, progress,
+            f"evoq sweep {k + 1}/{len(order)}")
+        population = [g for g, _ in search.state.population]
+        seconds += took
+        evaluations += search.state.evaluations
+        iterations += search.state.iteration
+        history.extend(search.state.best_history)
+
+    def genome_cost(g: Genome) -> float:
+        return cost_model.cost_of(cost, g[:n], g[n:] if len(g) > n else None)
+
+    archive = [(g, f) for g, f in shared.items() if np.isfinite(f)]
+    points = np.array([[f, genome_cost(g)] for g, f in archive])
+    front = [(archive[i][0], float(points[i, 0]), float(points[i, 1])) for i in pareto_indices(points[:, ::-1])]
+    qm.set_bits_tuple(front[0][0])
+    return ParetoResult(cost=cost, front=front, layers=list(qm.layer_names), evaluations=evaluations,
+                        iterations=iterations, seconds=seconds, best_history=history,
+                        settings={**asdict(config), "budgets": order, "method": "sweep"},
                         layer_passes={"computed": evaluate.cache.computed, "replayed": evaluate.cache.replayed})

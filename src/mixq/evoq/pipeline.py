@@ -33,7 +33,7 @@ from mixq.evaluation.metrics import predict
 from mixq.evaluation.task import Task
 from mixq.evoq.bitsearch import RESUME_HINT, EvoQConfig, EvoQResult, _SearchCheckpoint, evoq_search, search_signature
 from mixq.evoq.calibrate import CalibrationConfig, calibrate
-from mixq.evoq.pareto import pareto_search
+from mixq.evoq.pareto import METHODS, pareto_search, sweep_search
 from mixq.evoq.sensitivity import SensitivityTable, compute_act_sensitivity, compute_sensitivity
 from mixq.executor import Executor, SerialExecutor
 from mixq.fileio import atomic_write_json, check_signature, locked, remove_files
@@ -235,6 +235,7 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
                       search_signature(qm.layer_names, limit, config, signature, options.budget.max_bitops),
                       config.iterations).load()
     reference = predict(task.model, task.calib)  # float logits (N, K)
+    t_table = time.perf_counter()
     table = _table(out / "sensitivity.json", sensitivity_signature(signature, qm.layer_names),
                    lambda: compute_sensitivity(qm, task.calib, bits=SENSITIVITY_BITS, progress=options.progress,
                                                executor=executor))
@@ -244,6 +245,7 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
                            sensitivity_signature(signature, qm.layer_names, config.act_choices),
                            lambda: compute_act_sensitivity(qm, task.calib, bits=config.act_choices,
                                                            progress=options.progress, executor=executor))
+    table_seconds = time.perf_counter() - t_table  # ~0 when the tables were resumed from the folder
     result: EvoQResult = evoq_search(
         qm, task.calib, reference, options.budget, config, sensitivity=table,
         checkpoint=out / "search_state.json", progress=options.progress, signature=signature, executor=executor,
@@ -280,6 +282,7 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
         "fitness": result.fitness,
         "initial_fitness": result.best_history[0],
         "search_seconds": result.seconds,
+        "sensitivity_seconds": table_seconds,
         "iterations": result.iterations,
         "evaluations": result.evaluations,
         "prefix_cache": {"max_mb": options.prefix_mb, **result.layer_passes},
@@ -325,7 +328,11 @@ class ParetoOptions:
     Attributes:
         cost: the cost axis, ``"bits"``, ``"mb"`` or ``"bitops"``.
         points: front points evaluated on the test split, spread evenly along the front in (log cost, log MSE).
-        at: budgets on the cost axis whose best front point is evaluated too (e.g. single-budget targets).
+        at: budgets on the cost axis whose best front point is evaluated too (e.g. single-budget targets);
+            the sweep searches exactly these budgets (when none are given, ``points`` budgets spaced
+            geometrically between the cheapest and the most expensive configuration).
+        method: ``"sweep"`` (:func:`~mixq.evoq.pareto.sweep_search`, warm-started EvoQ per budget) or
+            ``"nsga2"`` (:func:`~mixq.evoq.pareto.pareto_search`, one population over the whole range).
         calibrate: feature-calibrate every evaluated point and uniform configuration (one calibration each).
         uniform_bits: uniform weight bit-widths evaluated beside the front.
     """
@@ -335,6 +342,31 @@ class ParetoOptions:
     at: tuple[float, ...] = ()
     calibrate: bool = False
     uniform_bits: tuple[int, ...] = (2, 3, 4, 8)
+    method: str = "sweep"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise MixqError(f"Pareto method must be one of {list(METHODS)}, got {self.method!r}")
+        if self.points < 2:
+            raise MixqError(f"a front needs at least 2 evaluated points, got {self.points}")
+
+
+def sweep_budgets(cost: CostModel, axis: str, n: int, config: EvoQConfig) -> list[float]:
+    """``n`` budgets spaced geometrically strictly between the cheapest and the most expensive configuration.
+
+    Args:
+        cost: the model's cost model.
+        axis: the cost axis.
+        n: how many.
+        config: the search's bit range and activation choices.
+
+    Returns:
+        The budgets, ascending.
+    """
+    a_lo = min(config.act_choices) if config.act_choices else cost.act_bits
+    a_hi = max(config.act_choices) if config.act_choices else cost.act_bits
+    lo, hi = cost.cost_of(axis, config.min_bits, a_lo), cost.cost_of(axis, config.max_bits, a_hi)
+    return [float(v) for v in np.geomspace(lo, hi, n + 2)[1:-1]]
 
 
 def run_evoq_pareto(task: Task, options: RunOptions, config: EvoQConfig, pareto: ParetoOptions,
@@ -373,7 +405,7 @@ def _pareto_locked(task: Task, options: RunOptions, config: EvoQConfig, pareto: 
     if cap is not None:
         cost.check_budget(cap, config.min_bits, config.act_choices)
     if overwrite:
-        remove_files(out, list(PARETO_FILES))
+        remove_files(out, list(PARETO_FILES) + [p.name for p in out.glob("sweep_state_*.json")])
     signature = run_signature(task, replace(options, budget=cap or Budget(avg_bits=config.max_bits), calibrate=False))
     signature.pop("calibrate"), signature.pop("calibration"), signature.pop("evaluate_uniform")
     reference = predict(task.model, task.calib)
@@ -388,10 +420,16 @@ def _pareto_locked(task: Task, options: RunOptions, config: EvoQConfig, pareto: 
                            lambda: compute_act_sensitivity(qm, task.calib, bits=config.act_choices,
                                                            progress=options.progress, executor=executor))
     table_seconds = time.perf_counter() - t0
-    result = pareto_search(qm, task.calib, reference, cost, pareto.cost, config, sensitivity=table,
-                           act_sensitivity=act_table, cap=cap, checkpoint=out / "pareto_state.json",
-                           progress=options.progress, signature=signature, executor=executor,
-                           prefix_mb=options.prefix_mb)
+    if pareto.method == "nsga2":
+        result = pareto_search(qm, task.calib, reference, cost, pareto.cost, config, sensitivity=table,
+                               act_sensitivity=act_table, cap=cap, checkpoint=out / "pareto_state.json",
+                               progress=options.progress, signature=signature, executor=executor,
+                               prefix_mb=options.prefix_mb)
+    else:
+        budgets = list(pareto.at) or sweep_budgets(cost, pareto.cost, pareto.points, config)
+        result = sweep_search(qm, task.calib, reference, cost, pareto.cost, budgets, config, sensitivity=table,
+                              act_sensitivity=act_table, cap=cap, checkpoint_dir=out, progress=options.progress,
+                              signature=signature, executor=executor, prefix_mb=options.prefix_mb)
     front = result.front
     # spread evenly along the front in (log cost, log MSE): as many points on its steep part as on its flat one
     chosen = set(thin(np.log([p[2] for p in front]), pareto.points,
