@@ -15,7 +15,8 @@ from mixq.proxies.base import Proxy
 from mixq.proxies.hessian import hessian_vector_product, hutchinson_trace, top_eigenvalue, top_eigenvalues
 from mixq.quant.model import QuantModel
 
-ALL = ["bops", "bparams", "fisher", "hawq-v1", "hawq-v2", "hawq-v3", "ompq", "qe", "snip", "synflow"]
+ALL = ["bops", "bparams", "fisher", "hawq-v1", "hawq-v2", "hawq-v3", "ompq", "qe", "sensitivity", "snip",
+       "synflow"]
 LABELLED = {"fisher", "hawq-v1", "hawq-v2", "hawq-v3", "snip"}
 LINEAR_IN_BITS = ["bparams", "bops", "hawq-v1", "hawq-v2", "ompq", "snip", "synflow", "fisher"]
 

@@ -13,12 +13,20 @@ and is solved exactly with ``scipy.optimize.milp`` (HiGHS branch and bound). ``c
 additive proxy of the accuracy loss, lower is better: a sensitivity table (output MSE of quantizing only
 that layer), a Hessian-trace x quantization-noise product, ...
 
+Joint weight and input (activation) bits (:func:`allocate_pairs`): a layer's choice is then a pair
+``(w_i, a_j)`` of a weight and an input bit-width, one binary variable per pair. The size row reads
+``params[l] * w_i`` and the BitOps row ``macs[l] * w_i * a_j``: bilinear in the bits, but linear in the
+one-hot pair variables, so the problem stays an ILP. A pair costs ``weight_cost[l, i] + act_cost[l, j]``
+(both in the same units, e.g. the output MSE of quantizing only that layer's weights, or only its input).
+
 BitOps (HAWQ-V3): the number of bit operations of one forward pass of one sample,
 ``sum_l MACs_l * w_bits_l * a_bits_l``, where ``MACs_l`` counts the multiply-accumulates of layer ``l``
 per sample, ``w_bits_l`` its weight bits and ``a_bits_l`` its input (activation) bits. A uniform 8/8
 model has ``64 x MACs`` BitOps.
 
     cfg = allocate_config(qm, table.value, Budget(avg_bits=4), fixed={"conv1": 8, "fc": 8})
+    cfg = allocate_config(qm, w_table.mse, Budget(bitops=1.2e9), bit_choices=w_table.bits, x_shape=(3, 32, 32),
+                          act_cost=a_table.mse, act_choices=a_table.bits)     # weights and inputs
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ _MAX_RESOLVES = 3
 
 @dataclass(frozen=True)
 class AllocationResult:
-    """The outcome of :func:`allocate_bits`.
+    """The outcome of :func:`allocate_bits` or :func:`allocate_pairs`.
 
     Attributes:
         bits: chosen weight bit-width per layer, in input order.
@@ -56,6 +64,8 @@ class AllocationResult:
         status: ``"optimal"`` (proven optimal), ``"time_limit"`` (best solution found before the time
             limit, maybe not optimal) or ``"fixed"`` (every layer was pinned; no solve needed).
         seconds: wall time of the whole allocation (checks, model building and solving).
+        acts: chosen input (activation) bit-width per layer (:func:`allocate_pairs`), or None for a
+            weight-only allocation (every input at ``act_bits``).
     """
 
     bits: tuple[int, ...]
@@ -64,18 +74,19 @@ class AllocationResult:
     bitops: float | None
     status: str
     seconds: float
+    acts: tuple[int, ...] | None = None
 
 
 # -- input checks ---------------------------------------------------------------------------------
-def _check_choices(bit_choices: Sequence[int]) -> tuple[int, ...]:
+def _check_choices(bit_choices: Sequence[int], what: str = "bit_choices") -> tuple[int, ...]:
     choices = tuple(bit_choices)
     if not choices:
-        raise MixqError("bit_choices must name at least one bit-width, got none")
+        raise MixqError(f"{what} must name at least one bit-width, got none")
     for b in choices:
         if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b <= 0:
-            raise MixqError(f"bit_choices must be positive integers, got {list(choices)}")
+            raise MixqError(f"{what} must be positive integers, got {list(choices)}")
     if len(set(choices)) != len(choices):
-        raise MixqError(f"bit_choices must not repeat a bit-width, got {list(choices)}")
+        raise MixqError(f"{what} must not repeat a bit-width, got {list(choices)}")
     return tuple(int(b) for b in choices)
 
 
@@ -109,11 +120,28 @@ def _check_fixed(fixed: Mapping[int, int] | None, n_layers: int) -> dict[int, in
     return out
 
 
+def _check_fixed_pairs(fixed: Mapping[int, int | tuple[int, int]] | None, n_layers: int
+                       ) -> dict[int, tuple[int, int | None]]:
+    """Layer index -> (pinned weight bits, pinned input bits or None when only the weight is pinned)."""
+    out: dict[int, tuple[int, int | None]] = {}
+    for layer, value in dict(fixed or {}).items():
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < n_layers:
+            raise MixqError(f"fixed layer index {layer!r} is out of range; expected 0..{n_layers - 1}")
+        pair = tuple(value) if isinstance(value, (tuple, list)) else (value, None)
+        if len(pair) != 2 or any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b <= 0
+                                 for b in pair if b is not None) or pair[0] is None:
+            raise MixqError(f"fixed bits of layer {int(layer)} must be a positive weight bit-width or a (weight, "
+                            f"input) pair of them, got {value!r}")
+        out[int(layer)] = (int(pair[0]), None if pair[1] is None else int(pair[1]))
+    return out
+
+
 def _is_integral(a: np.ndarray) -> bool:
     return bool(np.all(a == np.round(a)))
 
 
-def _check_finite_costs(cost_arr: np.ndarray, choices: tuple[int, ...], pinned: Mapping[int, int]) -> None:
+def _check_finite_costs(cost_arr: np.ndarray, choices: tuple[int, ...], pinned: Mapping[int, int],
+                        what: str = "cost") -> None:
     """Raise on a non-finite cost among the entries that can be chosen (a pinned layer: its pinned entry)."""
     for layer in range(cost_arr.shape[0]):
         if layer in pinned:
@@ -124,7 +152,7 @@ def _check_finite_costs(cost_arr: np.ndarray, choices: tuple[int, ...], pinned: 
         if not np.all(np.isfinite(row)):
             bad = cols[int(np.flatnonzero(~np.isfinite(row))[0])]
             raise MixqError(
-                f"cost of layer {layer} at {choices[bad]} bits is {cost_arr[layer, bad]}; costs must be finite"
+                f"{what} of layer {layer} at {choices[bad]} bits is {cost_arr[layer, bad]}; costs must be finite"
             )
 
 
@@ -259,28 +287,159 @@ def allocate_bits(
     if not free:
         return result(smallest, "fixed")
 
-    chosen, status = _solve(
-        cost_arr[free], bits_vec, params_arr[free], None if macs_arr is None else macs_arr[free] * act_bits,
-        None if size_limit is None else size_limit - size_of([pinned.get(i, 0) for i in range(n_layers)]),
-        None if ops_limit is None else ops_limit - (ops_of([pinned.get(i, 0) for i in range(n_layers)]) or 0.0),
-        time_limit,
-    )
+    rows: list[tuple[np.ndarray, float]] = []  # resource rows over the free layers, net of the pinned ones
+    if size_limit is not None:
+        rows.append((np.outer(params_arr[free], bits_vec),
+                     size_limit - size_of([pinned.get(i, 0) for i in range(n_layers)])))
+    if ops_limit is not None and macs_arr is not None:
+        rows.append((np.outer(macs_arr[free] * act_bits, bits_vec),
+                     ops_limit - (ops_of([pinned.get(i, 0) for i in range(n_layers)]) or 0.0)))
+    chosen, status = _solve(cost_arr[free], rows, time_limit)
     bits = list(smallest)
     for layer, k in zip(free, chosen):
         bits[layer] = choices[k]
     return result(bits, status)
 
 
+def allocate_pairs(
+    weight_cost: np.ndarray,
+    bit_choices: Sequence[int],
+    act_cost: np.ndarray,
+    act_choices: Sequence[int],
+    params: Sequence[int],
+    budget_bits_params: float | None = None,
+    macs: Sequence[int] | None = None,
+    max_bitops: float | None = None,
+    fixed: Mapping[int, int | tuple[int, int]] | None = None,
+    time_limit: float | None = None,
+) -> AllocationResult:
+    """Choose a weight and an input (activation) bit-width per layer under size and BitOps budgets (ILP).
+
+    Every layer picks one pair ``(w, a)`` of ``bit_choices x act_choices``; the pair costs
+    ``weight_cost[l, w] + act_cost[l, a]``. The size row is ``sum params[l] * w_l`` and the BitOps row
+    ``sum macs[l] * w_l * a_l``, linear in the one-hot pair variables (see the module docstring).
+    Infeasible budgets are detected before the solver runs: every layer at its smallest open weight and
+    input bits is the cheapest configuration in size and in BitOps at once.
+
+    Args:
+        weight_cost: ``(L, Kw)`` cost of giving layer ``l`` the weight bits ``bit_choices[i]``; lower is better.
+        bit_choices: the ``Kw`` candidate weight bit-widths (distinct positive integers).
+        act_cost: ``(L, Ka)`` cost of giving layer ``l`` the input bits ``act_choices[j]``, in the units of
+            ``weight_cost``.
+        act_choices: the ``Ka`` candidate input bit-widths (distinct positive integers).
+        params: weight parameters per layer.
+        budget_bits_params: bound on ``sum params[l] * w_l`` (see :func:`allocate_bits`), or None.
+        macs: multiply-accumulates per sample per layer; needed for ``max_bitops``, and when given the
+            result reports the BitOps of the choice.
+        max_bitops: bound on ``sum macs[l] * w_l * a_l``, or None.
+        fixed: layer index -> pinned weight bits (the input bits are still chosen) or a pinned
+            ``(weight, input)`` pair. A pinned width that is not a candidate adds nothing to the objective.
+        time_limit: solver time limit in seconds (None: no limit).
+
+    Returns:
+        The :class:`AllocationResult`, with ``acts`` set.
+
+    Raises:
+        MixqError: malformed input, a non-finite cost, a budget below the smallest configuration, or a
+            solver failure.
+    """
+    start = time.perf_counter()
+    w_choices = _check_choices(bit_choices)
+    a_choices = _check_choices(act_choices, "act_choices")
+    wc = np.asarray(weight_cost, dtype=np.float64)
+    if wc.ndim != 2 or wc.shape[1] != len(w_choices) or wc.shape[0] == 0:
+        raise MixqError(f"weight_cost must be an array (layers, {len(w_choices)}) with one column per bit choice "
+                        f"{list(w_choices)}, got shape {wc.shape}")
+    n_layers = wc.shape[0]
+    ac = np.asarray(act_cost, dtype=np.float64)
+    if ac.shape != (n_layers, len(a_choices)):
+        raise MixqError(f"act_cost must be an array ({n_layers}, {len(a_choices)}) with one column per act choice "
+                        f"{list(a_choices)}, got shape {ac.shape}")
+    params_arr = _check_counts(params, n_layers, "params")
+    macs_arr = None if macs is None else _check_counts(macs, n_layers, "macs")
+    budget = _check_limit(budget_bits_params, "budget_bits_params")
+    max_ops = _check_limit(max_bitops, "max_bitops")
+    if max_ops is not None and macs_arr is None:
+        raise MixqError("max_bitops needs the per-layer MACs (macs=...)")
+    pinned = _check_fixed_pairs(fixed, n_layers)
+    pinned_w = {layer: w for layer, (w, _) in pinned.items()}
+    pinned_a = {layer: a for layer, (_, a) in pinned.items() if a is not None}
+    _check_finite_costs(wc, w_choices, pinned_w, "weight_cost")
+    _check_finite_costs(ac, a_choices, pinned_a, "act_cost")
+
+    # the columns: every candidate, then pinned widths that are not candidates (open to their layer only)
+    w_all = list(w_choices) + sorted(set(pinned_w.values()) - set(w_choices))
+    a_all = list(a_choices) + sorted(set(pinned_a.values()) - set(a_choices))
+    w_open = np.array([[w == pinned_w[i] if i in pinned_w else w in w_choices for w in w_all]
+                       for i in range(n_layers)])
+    a_open = np.array([[a == pinned_a[i] if i in pinned_a else a in a_choices for a in a_all]
+                       for i in range(n_layers)])
+    w_term = np.zeros((n_layers, len(w_all)))
+    w_term[:, :len(w_choices)] = np.where(w_open[:, :len(w_choices)], wc, 0.0)
+    a_term = np.zeros((n_layers, len(a_all)))
+    a_term[:, :len(a_choices)] = np.where(a_open[:, :len(a_choices)], ac, 0.0)
+    w_vec, a_vec = np.asarray(w_all, dtype=np.float64), np.asarray(a_all, dtype=np.float64)
+    ka = len(a_all)
+
+    def size_of(bits: np.ndarray) -> float:
+        return float(np.dot(params_arr, bits))
+
+    def ops_of(bits: np.ndarray, acts: np.ndarray) -> float | None:
+        return None if macs_arr is None else float(np.dot(macs_arr, bits * acts))
+
+    # feasibility, before any solving: the smallest open widths minimise both resources
+    small_w = np.array([w_vec[w_open[i]].min() for i in range(n_layers)])
+    small_a = np.array([a_vec[a_open[i]].min() for i in range(n_layers)])
+    n_pinned = len(pinned)
+    _Resources(params_arr, macs_arr, 1).check_fits([int(b) for b in small_w], budget, None, n_layers - n_pinned,
+                                                   n_pinned, min(w_choices))
+    need_ops = ops_of(small_w, small_a)
+    if max_ops is not None and need_ops is not None and need_ops > max_ops * (1 + _BUDGET_RTOL):
+        raise MixqError(
+            f"BitOps budget below the all-minimum BitOps: the smallest configuration ({n_layers - n_pinned} free "
+            f"layer(s) at {min(w_choices)}-bit weights and {min(a_choices)}-bit inputs, {n_pinned} fixed at their "
+            f"bits) needs {need_ops / 1e9:.6g} GBitOps ({need_ops:.6g} BitOps), budget {max_ops / 1e9:.6g} GBitOps "
+            f"({max_ops:.6g} BitOps)"
+        )
+
+    allowed = (w_open[:, :, None] & a_open[:, None, :]).reshape(n_layers, -1)
+    if np.all(allowed.sum(axis=1) == 1):
+        chosen, status = [int(k) for k in np.argmax(allowed, axis=1)], "fixed"
+    else:
+        cost = (w_term[:, :, None] + a_term[:, None, :]).reshape(n_layers, -1)
+        rows: list[tuple[np.ndarray, float]] = []
+        if budget is not None:
+            rows.append((np.repeat(params_arr[:, None] * w_vec[None, :], ka, axis=1), budget * (1 + _BUDGET_RTOL)))
+        if max_ops is not None and macs_arr is not None:
+            ops = macs_arr[:, None, None] * w_vec[None, :, None] * a_vec[None, None, :]
+            rows.append((ops.reshape(n_layers, -1), max_ops * (1 + _BUDGET_RTOL)))
+        chosen, status = _solve(cost, rows, time_limit, allowed)
+    wi = np.asarray(chosen) // ka
+    ai = np.asarray(chosen) % ka
+    bits, acts = w_vec[wi], a_vec[ai]
+    layers = np.arange(n_layers)
+    return AllocationResult(
+        bits=tuple(int(b) for b in bits),
+        objective=float(w_term[layers, wi].sum() + a_term[layers, ai].sum()),
+        bit_params=size_of(bits),
+        bitops=ops_of(bits, acts),
+        status=status,
+        seconds=time.perf_counter() - start,
+        acts=tuple(int(a) for a in acts),
+    )
+
+
 def _solve(
     cost: np.ndarray,
-    bits: np.ndarray,
-    params: np.ndarray,
-    ops_per_bit: np.ndarray | None,
-    size_room: float | None,
-    ops_room: float | None,
+    resources: Sequence[tuple[np.ndarray, float]],
     time_limit: float | None,
+    allowed: np.ndarray | None = None,
 ) -> tuple[list[int], str]:
-    """Solve the ILP over the free layers; returns the chosen column per layer and the status.
+    """Solve the one-choice-per-row ILP; returns the chosen column per row and the status.
+
+    Row ``l`` of every matrix is a layer, column ``k`` one of its choices (a bit-width, or a weight and
+    input bit-width pair); the binary variable ``x[l, k]`` picks it. Each resource is a coefficient matrix
+    ``coef`` (same shape as ``cost``) and a room: ``sum coef * x <= room``.
 
     Numerics: each cost row is shifted by its minimum (one choice per layer, so the argmin is unchanged)
     and all rows are scaled together so the largest spread is ``_COST_SCALE``; HiGHS' absolute gap
@@ -288,43 +447,55 @@ def _solve(
     with integral coefficients get the room ``floor(room) + 0.5``; the rounded solution is checked
     against the true room and the ILP is re-solved with a tighter row in the (rare) case that the
     solver's feasibility tolerance let it through.
+
+    Args:
+        cost: ``(n, k)`` cost of each choice (entries outside ``allowed`` are not read).
+        resources: ``(coef, room)`` pairs, one per budget row, in constraint order.
+        time_limit: HiGHS time limit in seconds, or None.
+        allowed: ``(n, k)`` booleans, the choices open to each row (None: all); closed ones get the upper
+            bound 0.
+
+    Returns:
+        ``(chosen column per row, "optimal" | "time_limit")``.
     """
     n, k = cost.shape
-    reduced = cost - cost.min(axis=1, keepdims=True)
+    if allowed is None:
+        reduced = cost - cost.min(axis=1, keepdims=True)
+        bounds = Bounds(0.0, 1.0)
+    else:
+        row_min = np.where(allowed, cost, np.inf).min(axis=1, keepdims=True)
+        reduced = np.where(allowed, cost - row_min, 0.0)
+        bounds = Bounds(0.0, allowed.ravel().astype(np.float64))
     spread = float(reduced.max())
     c = (reduced * (_COST_SCALE / spread) if spread > 0 else reduced).ravel()
 
     rows = np.repeat(np.arange(n), k)
     one_hot = sparse.csr_matrix((np.ones(n * k), (rows, np.arange(n * k))), shape=(n, n * k))
-    resources: list[tuple[np.ndarray, float, bool]] = []  # (coefficients, room, integral)
-    if size_room is not None:
-        coef = np.outer(params, bits).ravel()
-        resources.append((coef, size_room, _is_integral(coef)))
-    if ops_room is not None and ops_per_bit is not None:
-        coef = np.outer(ops_per_bit, bits).ravel()
-        resources.append((coef, ops_room, _is_integral(coef)))
-    rhs = [math.floor(room) + 0.5 if integral else room for _, room, integral in resources]
+    flat: list[tuple[np.ndarray, float, bool]] = []  # (coefficients, room, integral)
+    for coef, room in resources:
+        row = np.asarray(coef, dtype=np.float64).ravel()
+        flat.append((row, float(room), _is_integral(row)))
+    rhs = [math.floor(room) + 0.5 if integral else room for _, room, integral in flat]
 
     options: dict[str, object] = {"mip_rel_gap": 0.0}
     if time_limit is not None:
         options["time_limit"] = float(time_limit)
     for _ in range(_MAX_RESOLVES):
         constraints = [LinearConstraint(one_hot, 1.0, 1.0)]
-        constraints += [LinearConstraint(coef[None, :], -np.inf, r) for (coef, _, _), r in zip(resources, rhs)]
-        res = milp(c, integrality=np.ones(n * k), bounds=Bounds(0.0, 1.0), constraints=constraints,
-                   options=options)
+        constraints += [LinearConstraint(coef[None, :], -np.inf, r) for (coef, _, _), r in zip(flat, rhs)]
+        res = milp(c, integrality=np.ones(n * k), bounds=bounds, constraints=constraints, options=options)
         if res.x is None or res.status not in (0, 1):
             raise MixqError(f"the bit-allocation ILP failed: {res.message} (HiGHS status {res.status})")
         chosen = [int(i) for i in np.argmax(res.x.reshape(n, k), axis=1)]
         x = np.zeros(n * k)
         x[np.arange(n) * k + np.asarray(chosen)] = 1.0
-        excess = [float(coef @ x) - room for coef, room, _ in resources]
+        excess = [float(coef @ x) - room for coef, room, _ in flat]
         if all(e <= 0 for e in excess):
             return chosen, "optimal" if res.status == 0 else "time_limit"
         # tolerance slip: tighten every violated row below the rejected solution and solve again
         rhs = [
             min(r, float(coef @ x) - (1.0 if integral else max(1e-9 * abs(room), 1e-12))) if e > 0 else r
-            for (coef, room, integral), r, e in zip(resources, rhs, excess)
+            for (coef, room, integral), r, e in zip(flat, rhs, excess)
         ]
     raise MixqError("the bit-allocation ILP returned solutions over budget (numerical trouble); "
                     "try a slightly different budget")
@@ -392,48 +563,72 @@ def allocate_config(
     budget: Budget,
     bit_choices: Sequence[int] = DEFAULT_BIT_CHOICES,
     max_bitops: float | None = None,
-    fixed: Mapping[str, int] | None = None,
+    fixed: Mapping[str, int | tuple[int, int]] | None = None,
     x_shape: Sequence[int] | None = None,
     act_bits: int | None = None,
     time_limit: float | None = None,
+    *,
+    act_cost: Callable[[int, int], float] | np.ndarray | None = None,
+    act_choices: Sequence[int] | None = None,
 ) -> BitConfig:
-    """Optimal bit configuration of a model under a size budget (and optionally a BitOps budget).
+    """Optimal bit configuration of a model under size and BitOps budgets, weights only or weights and inputs.
 
     Args:
         qm: the model (its ``layer_names`` order indexes the cost).
         layer_cost: ``f(layer_index, bits) -> cost`` (e.g. ``SensitivityTable.value``) or an array
             ``(layers, len(bit_choices))``.
-        budget: size budget (average bits and/or MB).
+        budget: average bits, MB and/or BitOps (a BitOps-only budget sets no size limit).
         bit_choices: candidate weight bit-widths.
-        max_bitops: optional BitOps bound (per sample; see :func:`bitops`); needs ``x_shape``.
-        fixed: layer name -> pinned bits (e.g. ``{"conv1": 8, "fc": 8}``).
-        x_shape: model input shape, for counting MACs when ``max_bitops`` is set.
-        act_bits: activation bits for BitOps (default: the model's ``act_bits``).
+        max_bitops: optional BitOps bound (per sample; see :func:`bitops`), combined with ``budget.bitops``
+            (the smaller one applies); a BitOps bound needs ``x_shape``.
+        fixed: layer name -> pinned weight bits (e.g. ``{"conv1": 8, "fc": 8}``); with ``act_choices`` also
+            a pinned ``(weight, input)`` pair.
+        x_shape: model input shape, for counting MACs when a BitOps bound is set.
+        act_bits: activation bits for BitOps of a weight-only allocation (default: the model's ``act_bits``).
         time_limit: solver time limit in seconds.
+        act_cost: with ``act_choices``: ``f(layer_index, input_bits) -> cost`` or an array
+            ``(layers, len(act_choices))`` in the units of ``layer_cost`` (e.g. an activation sensitivity table).
+        act_choices: candidate input (activation) bit-widths; None (default) allocates weight bits only.
 
     Returns:
-        The :class:`BitConfig` (weight bits only).
+        The :class:`BitConfig`: weight bits, and with ``act_choices`` the input bits of every layer.
     """
     if not isinstance(budget, Budget):
         raise MixqError(f"budget must be a Budget, got {type(budget).__name__}")
     choices = _check_choices(bit_choices)
     names = qm.layer_names
-    if callable(layer_cost):
-        cost = np.array([[float(layer_cost(i, b)) for b in choices] for i in range(len(names))])
-    else:
-        cost = np.asarray(layer_cost, dtype=np.float64)
+
+    def table(f: Callable[[int, int], float] | np.ndarray, cols: tuple[int, ...]) -> np.ndarray:
+        if callable(f):
+            return np.array([[float(f(i, b)) for b in cols] for i in range(len(names))])
+        return np.asarray(f, dtype=np.float64)
+
+    cost = table(layer_cost, choices)
     index = {n: i for i, n in enumerate(names)}
     unknown = [n for n in (fixed or {}) if n not in index]
     if unknown:
         raise MixqError(f"fixed names unknown layer(s) {unknown[:5]}; the model's layers are {names[:5]}"
                         f"{' ...' if len(names) > 5 else ''}")
     pinned = {index[n]: b for n, b in (fixed or {}).items()}
+    limits = [v for v in (max_bitops, budget.bitops) if v is not None]
+    ops_limit = min(limits) if limits else None
     macs = None
-    if max_bitops is not None:
+    if ops_limit is not None:
         if x_shape is None:
             raise MixqError("a BitOps budget needs x_shape (the model input shape) to count MACs")
         macs = layer_macs(qm, x_shape)
-    a_bits = qm.act_bits if act_bits is None else act_bits
-    res = allocate_bits(cost, choices, qm.layer_params, budget.max_bit_params(qm.total_params), macs=macs,
-                        max_bitops=max_bitops, act_bits=a_bits, fixed=pinned, time_limit=time_limit)
-    return BitConfig(dict(zip(names, res.bits)))
+    size_limit = budget.max_bit_params(qm.total_params)
+    size_limit = None if math.isinf(size_limit) else size_limit
+    if act_choices is None:
+        if act_cost is not None:
+            raise MixqError("act_cost needs act_choices (the candidate input bit-widths)")
+        a_bits = qm.act_bits if act_bits is None else act_bits
+        res = allocate_bits(cost, choices, qm.layer_params, size_limit, macs=macs, max_bitops=ops_limit,
+                            act_bits=a_bits, fixed=pinned, time_limit=time_limit)
+        return BitConfig(dict(zip(names, res.bits)))
+    if act_cost is None:
+        raise MixqError("act_choices needs act_cost (a cost per layer and input bit-width)")
+    a_choices = _check_choices(act_choices, "act_choices")
+    res = allocate_pairs(cost, choices, table(act_cost, a_choices), a_choices, qm.layer_params, size_limit,
+                         macs=macs, max_bitops=ops_limit, fixed=pinned, time_limit=time_limit)
+    return BitConfig(dict(zip(names, res.bits)), dict(zip(names, res.acts or ())))

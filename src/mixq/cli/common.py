@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from mixq.allocate.run import run_allocation
+from mixq.allocate.run import check_act_choices, run_allocation
 from mixq.bits import VALID_BITS, BitConfig, Budget
 from mixq.errors import MixqError
 from mixq.evaluation.task import Task, load_task
@@ -156,10 +156,13 @@ def add_allocate_args(p: argparse.ArgumentParser) -> None:
     Args:
         p: the parser.
     """
-    p.add_argument("--target-bits", type=float, help="average weight bits budget (default 3.0)")
-    p.add_argument("--size-mb", type=float, help="weight size budget in MB")
-    p.add_argument("--max-gbitops", type=float, help="BitOps budget per sample, in GBitOps")
+    add_budget_args(p)
+    p.add_argument("--max-gbitops", type=float,
+                   help="BitOps budget per sample, in GBitOps (as --target-bitops NG; the smaller one applies)")
     p.add_argument("--bit-choices", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7, 8])
+    p.add_argument("--act-choices", type=int, nargs="+", metavar="B",
+                   help="also choose each layer's input (activation) bits among these, e.g. 4 6 8 (needs --proxy "
+                        "sensitivity; default: weights only, every input at --act-bits)")
     p.add_argument("--proxy-batch", type=int, default=64, help="images for the proxy statistics")
     p.add_argument("--out", help="output folder (default runs/allocate-PROXY-BUDGET)")
 
@@ -174,17 +177,19 @@ def allocate_command(args: argparse.Namespace, calibrate_after: bool) -> int:
     Returns:
         Exit code 0.
     """
-    if args.target_bits is None and args.size_mb is None:
-        args.target_bits = 3.0
-    budget = Budget(avg_bits=args.target_bits, size_mb=args.size_mb)
+    budget = budget_from_args(args)  # --target-bits 3.0 unless a budget is given (--max-gbitops alone: as before)
+    act_choices = check_act_choices(args.proxy, args.act_choices)  # before the model and data are loaded
     label = "emq" if args.proxy.endswith(".json") else args.proxy
-    out = output_folder(args.out or f"runs/allocate-{label}-{args.target_bits or args.size_mb}")
+    size_label = args.target_bits or args.size_mb
+    out = output_folder(args.out or f"runs/allocate-{label}-{size_label or budget_label(budget)}")
     with locked(out):  # a busy --out fails before the model and data are loaded
         task = task_from_args(args)
         r = run_allocation(task, args.proxy, budget, bit_choices=args.bit_choices, max_gbitops=args.max_gbitops,
-                           proxy_batch=args.proxy_batch, act_bits=args.act_bits, calibrate_after=calibrate_after,
-                           progress=not args.no_progress, out=out)
-    print(f"{task.name}, {args.proxy} + ILP: {r['avg_bits']:.3f} avg bits, {r['size_mb']:.4f} MB; "
+                           act_choices=act_choices, proxy_batch=args.proxy_batch, act_bits=args.act_bits,
+                           calibrate_after=calibrate_after, progress=not args.no_progress, out=out)
+    inputs = sorted(set(r["input_bits"].values()))
+    print(f"{task.name}, {args.proxy} + ILP: {r['avg_bits']:.3f} avg bits, {r['size_mb']:.4f} MB, "
+          f"{r['bitops'] / 1e9:.4g} GBitOps (inputs at {'/'.join(map(str, inputs))} bits); "
           f"top-1 FP32 {r['fp32_top1']:.2f}, allocated {r['quant_top1']:.2f}"
           + (f", calibrated {r['calibrated_top1']:.2f}" if "calibrated_top1" in r else ""))
     print(f"wrote {out}/config.json and result.json")
