@@ -41,3 +41,44 @@ def ray_executor():
     ex = make_executor("ray", workers=2)
     yield ex
     ex.close()
+
+
+class TinyNet:
+    """conv 3->4 k3 on 8x8 inputs (6x6 out), conv 4->6 k3 (4x4 out), linear 6->5: MACs known by hand."""
+
+    MACS = [4 * 6 * 6 * 3 * 9, 6 * 4 * 4 * 4 * 9, 6 * 5]
+    PARAMS = [4 * 3 * 9, 6 * 4 * 9, 5 * 6]
+
+    @staticmethod
+    def build():
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                torch.manual_seed(0)
+                self.c1 = nn.Conv2d(3, 4, 3)
+                self.c2 = nn.Conv2d(4, 6, 3)
+                self.fc = nn.Linear(6, 5)
+
+            def forward(self, x):
+                x = torch.relu(self.c1(x))
+                x = torch.relu(self.c2(x))
+                return self.fc(x.mean(dim=(2, 3)))
+
+        return Net().eval()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """``(float model, QuantModel, 16 inputs (3, 8, 8), float logits)`` of :class:`TinyNet`."""
+    import torch
+
+    from mixq.evaluation.metrics import predict
+    from mixq.quant.model import QuantModel
+
+    torch.manual_seed(1)
+    x = torch.randn(16, 3, 8, 8)
+    model = TinyNet.build()
+    return model, QuantModel(model, calib=x), x, predict(model, x)

@@ -8,46 +8,19 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from conftest import TinyNet
 
 from mixq.bits import BitConfig, Budget
 from mixq.cli import main
 from mixq.errors import MixqError
-from mixq.evaluation.metrics import output_mse, predict
+from mixq.evaluation.metrics import output_mse
 from mixq.evoq.bitsearch import BitSpace, EvoQConfig, evoq_search
 from mixq.evoq.sensitivity import compute_act_sensitivity, compute_sensitivity
 from mixq.quant.cost import CostModel, parse_count
 from mixq.quant.model import QuantModel
 from mixq.quant.replay import PrefixCache
 
-
-class _Tiny(nn.Module):
-    """conv 3->4 k3 on 8x8 (6x6 out), conv 4->6 k3 (4x4 out), linear 6->5: MACs known by hand."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.c1 = nn.Conv2d(3, 4, 3)
-        self.c2 = nn.Conv2d(4, 6, 3)
-        self.fc = nn.Linear(6, 5)
-
-    def forward(self, x):
-        x = torch.relu(self.c1(x))
-        x = torch.relu(self.c2(x))
-        return self.fc(x.mean(dim=(2, 3)))
-
-
-MACS = [4 * 6 * 6 * 3 * 9, 6 * 4 * 4 * 4 * 9, 6 * 5]
-PARAMS = [4 * 3 * 9, 6 * 4 * 9, 5 * 6]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(1)
-    x = torch.randn(16, 3, 8, 8)
-    model = _Tiny().eval()
-    qm = QuantModel(model, calib=x)
-    return model, qm, x, predict(model, x)
+MACS, PARAMS = TinyNet.MACS, TinyNet.PARAMS
 
 
 def test_cost_model_by_hand(tiny):

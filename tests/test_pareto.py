@@ -7,20 +7,17 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 from mixq.bits import BitConfig, Budget
 from mixq.cli import main
 from mixq.errors import MixqError
-from mixq.evaluation.metrics import output_mse, predict
+from mixq.evaluation.metrics import output_mse
 from mixq.evoq.bitsearch import BitSpace, EvoQConfig
 from mixq.evoq.evolution import EvolutionConfig
 from mixq.evoq.pareto import ParetoEvolution, pareto_search, sweep_search
 from mixq.evoq.sensitivity import compute_act_sensitivity, compute_sensitivity
 from mixq.pareto import crowding_distance, nondominated_ranks, pareto_indices, thin
 from mixq.quant.cost import CostModel
-from mixq.quant.model import QuantModel
 
 
 def _dominated_by(f: np.ndarray, i: int) -> list[int]:
@@ -122,30 +119,6 @@ def test_nsga_selection_recovers_a_known_front():
     assert _hypervolume(found, ref) >= 0.995 * _hypervolume(true_front, ref)
     assert search.state.evaluations < len(everything)  # without evaluating everything
     assert len(search.state.population) == 16 and len(set(g for g, _ in search.state.population)) == 16
-
-
-class _Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.c1 = nn.Conv2d(3, 4, 3)
-        self.c2 = nn.Conv2d(4, 6, 3)
-        self.fc = nn.Linear(6, 5)
-
-    def forward(self, x):
-        x = torch.relu(self.c1(x))
-        x = torch.relu(self.c2(x))
-        return self.fc(x.mean(dim=(2, 3)))
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(1)
-    x = torch.randn(16, 3, 8, 8)
-    model = _Tiny().eval()
-    qm = QuantModel(model, calib=x)
-    ref = predict(model, x)
-    return model, qm, x, ref
 
 
 def _brute_mse(qm, x, ref, genome):

@@ -157,6 +157,23 @@ def uniform_bits_within(cost: CostModel, budget: Budget, min_bits: int, max_bits
     return min_bits
 
 
+def _tables(qm: QuantModel, task: Task, signature: dict[str, Any], config: EvoQConfig, options: RunOptions,
+            executor: Executor, out: Path) -> tuple[SensitivityTable, SensitivityTable | None, float]:
+    """The weight table and (with activation genes) the activation table, each resumed from ``out`` when it
+    was measured with the same settings; and the seconds spent (~0 when both were resumed)."""
+    t0 = time.perf_counter()
+    table = _table(out / "sensitivity.json", sensitivity_signature(signature, qm.layer_names),
+                   lambda: compute_sensitivity(qm, task.calib, bits=SENSITIVITY_BITS, progress=options.progress,
+                                               executor=executor))
+    act_table = None
+    if config.act_choices:
+        act_table = _table(out / "act_sensitivity.json",
+                           sensitivity_signature(signature, qm.layer_names, config.act_choices),
+                           lambda: compute_act_sensitivity(qm, task.calib, bits=config.act_choices,
+                                                           progress=options.progress, executor=executor))
+    return table, act_table, time.perf_counter() - t0
+
+
 def _table(path: Path, signature: dict[str, Any], measure) -> SensitivityTable:
     """The table saved at ``path`` with this signature, else ``measure()`` saved there."""
     table = _cached_sensitivity(path, signature)
@@ -235,17 +252,7 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
                       search_signature(qm.layer_names, limit, config, signature, options.budget.max_bitops),
                       config.iterations).load()
     reference = predict(task.model, task.calib)  # float logits (N, K)
-    t_table = time.perf_counter()
-    table = _table(out / "sensitivity.json", sensitivity_signature(signature, qm.layer_names),
-                   lambda: compute_sensitivity(qm, task.calib, bits=SENSITIVITY_BITS, progress=options.progress,
-                                               executor=executor))
-    act_table = None
-    if config.act_choices:
-        act_table = _table(out / "act_sensitivity.json",
-                           sensitivity_signature(signature, qm.layer_names, config.act_choices),
-                           lambda: compute_act_sensitivity(qm, task.calib, bits=config.act_choices,
-                                                           progress=options.progress, executor=executor))
-    table_seconds = time.perf_counter() - t_table  # ~0 when the tables were resumed from the folder
+    table, act_table, table_seconds = _tables(qm, task, signature, config, options, executor, out)
     result: EvoQResult = evoq_search(
         qm, task.calib, reference, options.budget, config, sensitivity=table,
         checkpoint=out / "search_state.json", progress=options.progress, signature=signature, executor=executor,
@@ -409,17 +416,7 @@ def _pareto_locked(task: Task, options: RunOptions, config: EvoQConfig, pareto: 
     signature = run_signature(task, replace(options, budget=cap or Budget(avg_bits=config.max_bits), calibrate=False))
     signature.pop("calibrate"), signature.pop("calibration"), signature.pop("evaluate_uniform")
     reference = predict(task.model, task.calib)
-    t0 = time.perf_counter()
-    table = _table(out / "sensitivity.json", sensitivity_signature(signature, qm.layer_names),
-                   lambda: compute_sensitivity(qm, task.calib, bits=SENSITIVITY_BITS, progress=options.progress,
-                                               executor=executor))
-    act_table = None
-    if config.act_choices:
-        act_table = _table(out / "act_sensitivity.json",
-                           sensitivity_signature(signature, qm.layer_names, config.act_choices),
-                           lambda: compute_act_sensitivity(qm, task.calib, bits=config.act_choices,
-                                                           progress=options.progress, executor=executor))
-    table_seconds = time.perf_counter() - t0
+    table, act_table, table_seconds = _tables(qm, task, signature, config, options, executor, out)
     if pareto.method == "nsga2":
         result = pareto_search(qm, task.calib, reference, cost, pareto.cost, config, sensitivity=table,
                                act_sensitivity=act_table, cap=cap, checkpoint=out / "pareto_state.json",
