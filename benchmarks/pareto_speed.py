@@ -1,10 +1,12 @@
 """Cost of one Pareto run against one single-budget EvoQ search, measured back to back in one process.
 
 The sensitivity table is measured once and shared (both kinds of run need it); then, for each target,
-a single-budget search with default settings (P 16, 1,000 children), and one ``pareto_search`` over
-average bits with its defaults (P 32, 2,000 children). Printed: the seconds and fitness evaluations of
-each, and the ratio of the Pareto search to the mean single search. Run it on an otherwise idle machine
-(other jobs on the same cores distort the ratio).
+a single-budget search with default settings (P 16, 1,000 children); then the two Pareto methods over
+average bits with their defaults: the warm-started sweep over the same targets (``sweep_search``, P 16,
+1,500 children in all; ``mixq evoq --pareto`` default) and NSGA-II (``pareto_search``, P 32, 2,000
+children). Printed: the seconds and fitness evaluations of each, each front's fitness at the targets
+beside the single searches', and the ratio of each Pareto search to the mean single search. Run it on an
+otherwise idle machine (other jobs on the same cores distort the ratio).
 
     python benchmarks/pareto_speed.py --model resnet20-jpeg --repeats 2
 """
@@ -26,7 +28,7 @@ from mixq.bits import Budget  # noqa: E402
 from mixq.evaluation.metrics import predict  # noqa: E402
 from mixq.evaluation.task import load_task  # noqa: E402
 from mixq.evoq.bitsearch import EvoQConfig, evoq_search  # noqa: E402
-from mixq.evoq.pareto import PARETO_DEFAULTS, pareto_search  # noqa: E402
+from mixq.evoq.pareto import PARETO_DEFAULTS, SWEEP_DEFAULTS, pareto_search, sweep_search  # noqa: E402
 from mixq.evoq.sensitivity import compute_sensitivity  # noqa: E402
 from mixq.fileio import atomic_write_json  # noqa: E402
 from mixq.provenance import versions  # noqa: E402
@@ -64,21 +66,30 @@ def main() -> None:
                                              sensitivity=table, progress=False))
         single[t] = {"seconds": s, "evaluations": r.evaluations, "fitness": r.fitness}
         print(f"single {t:.1f} bits: {s:6.1f} s, {r.evaluations} evaluations, fitness {r.fitness:.5f}")
-    config = EvoQConfig(population=PARETO_DEFAULTS.population, iterations=PARETO_DEFAULTS.iterations, seed=a.seed)
-    s, r = timed(lambda: pareto_search(qm, task.calib, reference, cost, "bits", config, sensitivity=table,
-                                       progress=False))
-    at = {t: r.at(t) for t in TARGETS}
-    print(f"pareto        : {s:6.1f} s, {r.evaluations} evaluations, {len(r.front)} front points")
-    for t in TARGETS:
-        print(f"  at {t:.1f} bits: fitness {at[t][1]:.5f} (single {single[t]['fitness']:.5f})")
-    ratio = s / float(np.mean([v["seconds"] for v in single.values()]))
-    print(f"pareto search / mean single-budget search = {ratio:.2f}x "
-          f"(evaluations {r.evaluations / np.mean([v['evaluations'] for v in single.values()]):.2f}x)")
-    atomic_write_json(a.out, {"model": a.model, "seed": a.seed, "threads": torch.get_num_threads(),
-                              "repeats": a.repeats, "single": {str(t): v for t, v in single.items()},
-                              "pareto": {"seconds": s, "evaluations": r.evaluations, "front": len(r.front),
-                                         "fitness_at": {str(t): at[t][1] for t in TARGETS}},
-                              "ratio": ratio, "versions": versions()})
+    methods = {
+        "sweep": lambda: sweep_search(qm, task.calib, reference, cost, "bits", list(TARGETS),
+                                      EvoQConfig(population=SWEEP_DEFAULTS.population,
+                                                 iterations=SWEEP_DEFAULTS.iterations, seed=a.seed),
+                                      sensitivity=table, progress=False),
+        "nsga2": lambda: pareto_search(qm, task.calib, reference, cost, "bits",
+                                       EvoQConfig(population=PARETO_DEFAULTS.population,
+                                                  iterations=PARETO_DEFAULTS.iterations, seed=a.seed),
+                                       sensitivity=table, progress=False),
+    }
+    mean_single = float(np.mean([v["seconds"] for v in single.values()]))
+    mean_evals = float(np.mean([v["evaluations"] for v in single.values()]))
+    record = {"model": a.model, "seed": a.seed, "threads": torch.get_num_threads(), "repeats": a.repeats,
+              "single": {str(t): v for t, v in single.items()}, "versions": versions()}
+    for name, run in methods.items():
+        s, r = timed(run)
+        at = {t: r.at(t) for t in TARGETS}
+        print(f"pareto {name:6}: {s:6.1f} s, {r.evaluations} evaluations, {len(r.front)} front points; "
+              f"/ mean single search = {s / mean_single:.2f}x (evaluations {r.evaluations / mean_evals:.2f}x)")
+        for t in TARGETS:
+            print(f"  at {t:.1f} bits: fitness {at[t][1]:.5f} (single {single[t]['fitness']:.5f})")
+        record[name] = {"seconds": s, "evaluations": r.evaluations, "front": len(r.front), "ratio": s / mean_single,
+                        "fitness_at": {str(t): at[t][1] for t in TARGETS}}
+    atomic_write_json(a.out, record)
     print(f"wrote {a.out}")
 
 
