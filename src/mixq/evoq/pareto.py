@@ -53,6 +53,13 @@ SWEEP_DEFAULTS = EvoQConfig(population=16, iterations=1500)
 METHODS = ("sweep", "nsga2")
 
 
+def _archive_front(cache: dict[Genome, float], genome_cost) -> list[tuple[Genome, float, float]]:
+    """The non-dominated ``(genome, fitness, cost)`` of every finite evaluated genome, cheapest first."""
+    archive = [(g, f) for g, f in cache.items() if np.isfinite(f)]
+    points = np.array([[f, genome_cost(g)] for g, f in archive])
+    return [(archive[i][0], float(points[i, 0]), float(points[i, 1])) for i in pareto_indices(points[:, ::-1])]
+
+
 class ParetoEvolution(TournamentEvolution):
     """NSGA-II selection over genomes with a cached fitness and a cost (both minimised).
 
@@ -225,9 +232,7 @@ def pareto_search(
                                               state=state, evaluate_many=evaluate_many),
         evaluate, (qm, x, reference), executor, ckpt, elapsed, config.iterations, checkpoint_every, progress,
         "evoq pareto")
-    archive = [(g, f) for g, f in search.state.cache.items() if np.isfinite(f)]
-    points = np.array([[f, genome_cost(g)] for g, f in archive])
-    front = [(archive[i][0], float(points[i, 0]), float(points[i, 1])) for i in pareto_indices(points[:, ::-1])]
+    front = _archive_front(search.state.cache, genome_cost)
     qm.set_bits_tuple(front[0][0])
     return ParetoResult(cost=cost, front=front, layers=list(qm.layer_names), evaluations=search.state.evaluations,
                         iterations=search.state.iteration, seconds=seconds,
@@ -358,9 +363,7 @@ def sweep_search(
     def genome_cost(g: Genome) -> float:
         return cost_model.cost_of(cost, g[:n], g[n:] if len(g) > n else None)
 
-    archive = [(g, f) for g, f in shared.items() if np.isfinite(f)]
-    points = np.array([[f, genome_cost(g)] for g, f in archive])
-    front = [(archive[i][0], float(points[i, 0]), float(points[i, 1])) for i in pareto_indices(points[:, ::-1])]
+    front = _archive_front(shared, genome_cost)
     qm.set_bits_tuple(front[0][0])
     return ParetoResult(cost=cost, front=front, layers=list(qm.layer_names), evaluations=evaluations,
                         iterations=iterations, seconds=seconds, best_history=history,
