@@ -50,7 +50,7 @@ from mixq.fileio import atomic_write_json  # noqa: E402
 from mixq.provenance import versions  # noqa: E402
 from mixq.proxies import get_proxy, list_proxies  # noqa: E402
 from mixq.proxies.cache import StatsCache, cached_stats  # noqa: E402
-from mixq.reports.tables import grid_table  # noqa: E402
+from mixq.reports.tables import grid_table, splice_between  # noqa: E402
 
 RES = ROOT / "results"
 OUT = RES / "emq-allocation"
@@ -178,13 +178,6 @@ def markdown(summary: dict[str, Any]) -> str:
     return grid_table(head, body + uni)
 
 
-def write_readme(readme: Path, table: str) -> None:
-    """Replace the text between the two :data:`MARK` lines of ``readme``."""
-    text = readme.read_text()
-    parts = text.split(MARK)
-    if len(parts) != 3:
-        raise SystemExit(f"{readme} needs exactly two {MARK} lines")
-    readme.write_text(parts[0] + MARK + "\n" + table + "\n" + MARK + parts[2])
 
 
 def main() -> None:
@@ -217,7 +210,7 @@ def main() -> None:
     table = markdown(summary)
     print(table)
     if a.readme:
-        write_readme(a.readme, table)
+        splice_between(a.readme, MARK, table)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from mixq.quant.cost import CostModel  # noqa: E402
 from mixq.quant.model import QuantModel  # noqa: E402
 from mixq.reports.pareto import write_pareto_report  # noqa: E402
 from mixq.reports.plots import pyplot  # noqa: E402
-from mixq.reports.tables import grid_table  # noqa: E402
+from mixq.reports.tables import grid_table, splice_between  # noqa: E402
 
 OUT = ROOT / "results" / "pareto-study"
 SEEDS = (0, 1, 2)
@@ -202,12 +202,6 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_readme(readme: Path, mark: str, table: str) -> None:
-    """Replace the text between the two ``mark`` lines of ``readme``."""
-    parts = readme.read_text().split(mark)
-    if len(parts) != 3:
-        raise SystemExit(f"{readme} needs exactly two {mark} lines")
-    readme.write_text(parts[0] + mark + "\n" + table + "\n" + mark + parts[2])
 
 
 def main() -> None:
@@ -233,8 +227,8 @@ def main() -> None:
     front, wa = tables(summary)
     print(front, "\n\n" + wa)
     if a.readme:
-        write_readme(a.readme, MARK_FRONT, front)
-        write_readme(a.readme, MARK_WA, wa)
+        splice_between(a.readme, MARK_FRONT, front)
+        splice_between(a.readme, MARK_WA, wa)
 
 
 if __name__ == "__main__":

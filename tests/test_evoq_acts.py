@@ -39,6 +39,9 @@ def test_cost_model_by_hand(tiny):
         cm.cost_of("watts", w)
     with pytest.raises(MixqError, match="one bit-width per layer"):
         cm.bitops([2, 3])
+    assert cm.cost_range("bitops", (3, 2, 6), (8, 4)) == (sum(MACS) * 2 * 4, sum(MACS) * 6 * 8)
+    assert cm.cost_range("bits", (2, 8)) == (2.0, 8.0)
+    assert cm.cost_range("bitops", (2, 8)) == (sum(MACS) * 2 * 8, sum(MACS) * 8 * 8)
 
 
 def test_parse_count_and_budget():

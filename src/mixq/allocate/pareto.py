@@ -94,8 +94,7 @@ def sweep_budgets(cost_model: CostModel, cost: str, points: int, bit_choices: Se
         raise MixqError(f"cost must be one of {list(COSTS)}, got {cost!r}")
     points = _check_count(points, "the number of budgets", 2)
     acts = list(act_choices) if act_choices else [cost_model.act_bits]
-    lo = cost_model.cost_of(cost, min(bit_choices), min(acts))
-    hi = cost_model.cost_of(cost, max(bit_choices), max(acts))
+    lo, hi = cost_model.cost_range(cost, bit_choices, act_choices)
     uniform = [cost_model.cost_of(cost, w, a) for w in bit_choices for a in acts]
     return sorted(set(np.linspace(lo, hi, points).tolist()) | set(uniform))
 

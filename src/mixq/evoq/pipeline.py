@@ -324,6 +324,75 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
     return record
 
 
+UNIFORM_FILES = ("result.json", "calibrated.pt")
+
+
+def run_uniform(task: Task, bits: int, options: RunOptions, out: str | os.PathLike, overwrite: bool = False,
+                executor: Executor | None = None) -> dict:
+    """The uniform baseline of a run: every layer at ``bits``, top-1 before and after the same feature calibration.
+
+    This is what a mixed configuration must beat at equal size: the same quantizer, calibration samples,
+    calibration settings and test images as :func:`run_evoq`, with no search.
+
+    Args:
+        task: model, calibration samples and test split.
+        bits: weight bits of every quantized layer (2..8).
+        options: quantizer and calibration options (``budget`` and ``evaluate_uniform`` are not used;
+            ``calibrate=False`` measures the uncalibrated top-1 only).
+        out: output folder (locked for the run); a finished run of the same settings there is returned as
+            it is, one of other settings is refused unless ``overwrite``.
+        overwrite: discard an earlier result in ``out``.
+        executor: its local device runs the calibration and evaluation (default: this process, CPU).
+
+    Returns:
+        The ``result.json`` dict (``uncalibrated_top1``, ``quant_top1``, ``fp32_top1``, size and BitOps).
+
+    Raises:
+        MixqError: ``bits`` outside 2..8, or ``out`` holds a result of other settings.
+    """
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise MixqError(f"uniform bits must be an integer in 2..8, got {bits!r}")
+    out = output_folder(out)
+    executor = executor or SerialExecutor()
+    options = replace(options, budget=Budget(avg_bits=float(bits)), evaluate_uniform=False)
+    signature = {**run_signature(task, options), "uniform_bits": bits}
+    with locked(out):
+        if overwrite:
+            remove_files(out, list(UNIFORM_FILES))
+        done = out / "result.json"
+        if done.is_file():
+            saved = json.loads(done.read_text())
+            check_signature(saved.get("signature", {}), signature, f"uniform result {str(done)!r}", RESUME_HINT)
+            return saved
+        t_start = time.perf_counter()
+        if executor.local_device.type != "cpu":
+            task = replace(task, model=task.model.to(executor.local_device),
+                           calib=task.calib.to(executor.local_device))
+        qm = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits, weight_range=options.weight_range)
+        qm.set_bits(bits)
+        cost = CostModel.from_model(qm, tuple(task.calib.shape[1:]))
+        top1 = task.top1(qm, progress=options.progress, desc=f"uniform {bits}")
+        record = {
+            "model": task.name, "dataset": task.dataset,
+            "calib_split": "train" if task.dataset == "cifar10" else "sample",
+            "test_split": task.split_text(), "uniform_bits": bits, "act_bits": options.act_bits,
+            "weight_range": options.weight_range,
+            "fp32_top1": task.top1(task.model, progress=options.progress, desc="fp32"),
+            "fp32_size_mb": qm.size_mb(32), "uncalibrated_top1": top1,
+            "avg_bits": qm.avg_bits(), "size_mb": qm.size_mb(), "bitops": cost.bitops(bits),
+            "fp32_bitops": cost.bitops(32, 32), "seed": task.seed, "samples": int(task.calib.shape[0]),
+            "n_test": len(task.test),
+            "executor": executor.describe(), "signature": signature, "versions": versions(),
+        }
+        if options.calibrate:
+            record.update(_calibrate_and_save(qm, task, options, out))
+        else:
+            record["quant_top1"] = top1
+        record["total_seconds"] = time.perf_counter() - t_start
+        atomic_write_json(done, record)
+        return record
+
+
 PARETO_FILES = ("pareto_state.json", "sensitivity.json", "sensitivity.csv", "act_sensitivity.json",
                 "act_sensitivity.csv", "pareto.json", "pareto.png", "report.md")
 
@@ -370,9 +439,7 @@ def sweep_budgets(cost: CostModel, axis: str, n: int, config: EvoQConfig) -> lis
     Returns:
         The budgets, ascending.
     """
-    a_lo = min(config.act_choices) if config.act_choices else cost.act_bits
-    a_hi = max(config.act_choices) if config.act_choices else cost.act_bits
-    lo, hi = cost.cost_of(axis, config.min_bits, a_lo), cost.cost_of(axis, config.max_bits, a_hi)
+    lo, hi = cost.cost_range(axis, (config.min_bits, config.max_bits), config.act_choices)
     return [float(v) for v in np.geomspace(lo, hi, n + 2)[1:-1]]
 
 

@@ -184,6 +184,21 @@ class CostModel:
             return self.bitops(w, a)
         raise MixqError(f"cost must be one of {list(COSTS)}, got {kind!r}")
 
+    def cost_range(self, kind: str, bit_choices: Sequence[int],
+                   act_choices: Sequence[int] | None = None) -> tuple[float, float]:
+        """The cheapest and the dearest configuration's cost: every layer at the fewest, then the most bits.
+
+        Args:
+            kind: the cost axis (:data:`COSTS`).
+            bit_choices: candidate weight bit-widths.
+            act_choices: candidate input bit-widths (None: inputs at :attr:`act_bits`).
+
+        Returns:
+            ``(lowest, highest)``.
+        """
+        acts = list(act_choices) if act_choices else [self.act_bits]
+        return (self.cost_of(kind, min(bit_choices), min(acts)), self.cost_of(kind, max(bit_choices), max(acts)))
+
     def check_budget(self, budget: Budget, min_bits: int, act_choices: Sequence[int] | None = None) -> None:
         """Refuse a budget that even the cheapest configuration exceeds, naming the smallest achievable value.
 

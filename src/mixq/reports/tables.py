@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
+
+from mixq.errors import MixqError
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
@@ -44,3 +48,21 @@ def grid_table(head: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def splice_between(path: str | os.PathLike, mark: str, text: str) -> None:
+    """Replace what lies between the two ``mark`` lines of a text file (how README tables are regenerated).
+
+    Args:
+        path: the file (e.g. ``README.md``).
+        mark: the marker line, e.g. ``"<!-- headline -->"``; it must occur exactly twice.
+        text: the new text between them.
+
+    Raises:
+        MixqError: the file does not hold the marker exactly twice.
+    """
+    content = Path(path).read_text()
+    parts = content.split(mark)
+    if len(parts) != 3:
+        raise MixqError(f"{str(path)!r} needs exactly two {mark} lines, found {len(parts) - 1}")
+    Path(path).write_text(parts[0] + mark + "\n" + text + "\n" + mark + parts[2])

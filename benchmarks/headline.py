@@ -1,0 +1,252 @@
+"""#13's headline: at equal size, mixed precision against uniform bits with the same calibration.
+
+For each model and seed (the seed draws the 50 calibration images, seeds the search and the calibration's
+batch order):
+
+* ``mixed-T``: ``mixq evoq`` at T average weight bits (weights 2..8, activations 8-bit), default search
+  (1,000 children, sensitivity-guided) and default feature calibration; top-1 before and after it;
+* ``uniform-B``: every layer at B bits, the same default feature calibration (:func:`run_uniform`).
+
+Targets: 2.5 / 3.0 / 3.5 / 4.0 average bits on the CIFAR-10 models, 3.5 / 4.0 / 5.0 / 6.0 on
+EfficientNet-Lite0; uniform 2 / 3 / 4 / 8 bits. Runs go headline targets first (the issue's goals), then
+the uniform points, then the other targets, each over all seeds, so a stopped session leaves whole rows.
+Every run is a folder ``results/headline/MODEL/{mixed-T,uniform-B}/seed-S``; finished runs are skipped
+and an interrupted search resumes from its checkpoint.
+
+Splits: calibration images from the CIFAR-10 train split (never the validation part), top-1 on the full
+test split (10,000 images); EfficientNet-Lite0: 50 calibration images from the ImageNet sample, top-1 on
+the other 950. FP32 of the same evaluation beside every row. Settings are the library defaults, chosen on
+CIFAR-10 validation (``results/calibration-tuning.md``); nothing here is chosen by test accuracy.
+
+    python benchmarks/headline.py --models shufflenetv2-x0.5              # run what is missing
+    python benchmarks/headline.py --models shufflenetv2-x0.5 --parts headline
+    python benchmarks/headline.py --no-run --readme README.md              # tables and plot from the folders
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from mixq.bits import Budget  # noqa: E402
+from mixq.evaluation.task import load_task  # noqa: E402
+from mixq.evoq.bitsearch import EvoQConfig  # noqa: E402
+from mixq.evoq.calibrate import CalibrationConfig  # noqa: E402
+from mixq.evoq.pipeline import RunOptions, run_evoq, run_uniform  # noqa: E402
+from mixq.fileio import atomic_write_json  # noqa: E402
+from mixq.reports.plots import pyplot  # noqa: E402
+from mixq.reports.tables import grid_table, splice_between  # noqa: E402
+
+OUT = ROOT / "results" / "headline"
+SEEDS = (0, 1, 2)
+UNIFORM = (2, 3, 4, 8)
+CIFAR_TARGETS = (2.5, 3.0, 3.5, 4.0)
+TARGETS = {"resnet20-jpeg": CIFAR_TARGETS, "mobilenetv2-jpeg": CIFAR_TARGETS, "shufflenetv2-x0.5": CIFAR_TARGETS,
+           "resnet18-jpeg": CIFAR_TARGETS, "efficientnet-lite0": (3.5, 4.0, 5.0, 6.0)}
+HEADLINE = {"resnet20-jpeg": (2.5, 3.0), "mobilenetv2-jpeg": (3.0,), "shufflenetv2-x0.5": (3.0,),
+            "resnet18-jpeg": (2.5,), "efficientnet-lite0": (4.0, 5.0, 6.0)}
+#: The issue's goals: top-1 after calibration at least this (a float), or at most this many points below FP32.
+GOALS: dict[tuple[str, float], tuple[str, float]] = {
+    ("mobilenetv2-jpeg", 3.0): ("at least", 87.9), ("shufflenetv2-x0.5", 3.0): ("at least", 80.0),
+    ("resnet18-jpeg", 2.5): ("at least", 90.2), ("efficientnet-lite0", 4.0): ("below FP32 by at most", 1.5)}
+MARK = "<!-- headline -->"
+
+
+def _options(seed: int, budget: Budget) -> RunOptions:
+    return RunOptions(budget=budget, calibration=CalibrationConfig(seed=seed), evaluate_uniform=False,
+                      progress=False)
+
+
+def run_mixed(model: str, target: float, seed: int) -> None:
+    """EvoQ at ``target`` average bits, then calibration (skipped when its result exists)."""
+    out = OUT / model / f"mixed-{target}" / f"seed-{seed}"
+    if not (out / "result.json").is_file():
+        task = load_task(model, samples=50, seed=seed)
+        run_evoq(task, _options(seed, Budget(avg_bits=target)), EvoQConfig(seed=seed), out)
+        print(f"{model} mixed {target} seed {seed} done", flush=True)
+
+
+def run_uni(model: str, bits: int, seed: int) -> None:
+    """Uniform ``bits`` with the same calibration (skipped when its result exists)."""
+    out = OUT / model / f"uniform-{bits}" / f"seed-{seed}"
+    if not (out / "result.json").is_file():
+        task = load_task(model, samples=50, seed=seed)
+        run_uniform(task, bits, _options(seed, Budget(avg_bits=float(bits))), out)
+        print(f"{model} uniform {bits} seed {seed} done", flush=True)
+
+
+def _results(model: str, row: str) -> list[dict[str, Any]]:
+    return [json.loads(f.read_text()) for f in sorted((OUT / model / row).glob("seed-*/result.json"))]
+
+
+def _stats(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values)), "n": len(values)}
+
+
+def summarise(models: list[str]) -> dict[str, Any]:
+    """Per model and row: seeds, size, FP32, top-1 before and after calibration (mean, min, max)."""
+    summary: dict[str, Any] = {"models": {}}
+    for model in models:
+        rows = []
+        names = [f"uniform-{b}" for b in UNIFORM] + [f"mixed-{t}" for t in TARGETS[model]]
+        for name in names:
+            rs = _results(model, name)
+            if not rs:
+                continue
+            before = "search_top1" if name.startswith("mixed") else "uncalibrated_top1"
+            rows.append({"row": name, "seeds": sorted(r["seed"] for r in rs),
+                         "avg_bits": _stats([r["avg_bits"] for r in rs]), "size_mb": _stats([r["size_mb"] for r in rs]),
+                         "fp32": _stats([r["fp32_top1"] for r in rs]), "before": _stats([r[before] for r in rs]),
+                         "after": _stats([r["quant_top1"] for r in rs]),
+                         "seconds": _stats([r["total_seconds"] for r in rs]),
+                         "n_test": rs[0]["n_test"], "test_split": rs[0]["test_split"]})
+        if rows:
+            summary["models"][model] = rows
+    return summary
+
+
+def _spread(s: dict[str, float] | None, digits: int = 2) -> str:
+    if s is None:
+        return "-"
+    if s["n"] == 1:
+        return f"{s['mean']:.{digits}f} (1 seed)"
+    return f"{s['mean']:.{digits}f} [{s['min']:.{digits}f}, {s['max']:.{digits}f}]"
+
+
+def _goal(model: str, row: dict[str, Any]) -> str:
+    if not row["row"].startswith("mixed"):
+        return ""
+    goal = GOALS.get((model, float(row["row"].split("-", 1)[1])))
+    if goal is None or row["after"] is None:
+        return ""
+    kind, value = goal
+    if kind == "at least":
+        met = row["after"]["mean"] >= value
+        text = f">= {value}"
+    else:
+        met = row["fp32"]["mean"] - row["after"]["mean"] <= value
+        text = f"FP32 - {value}"
+    if row["after"]["n"] < 3:
+        return f"{text}: {'met' if met else 'not met'} so far ({row['after']['n']} of 3 seeds)"
+    return f"{text}: **{'met' if met else 'not met'}**"
+
+
+def _gain(rows: dict[str, dict[str, Any]], target: float) -> str:
+    """Mixed at an integer target minus uniform at that width, after calibration; 'no difference' on overlap."""
+    if target != math.floor(target):
+        return ""
+    m, u = rows.get(f"mixed-{target}"), rows.get(f"uniform-{int(target)}")
+    if m is None or u is None or m["after"] is None or u["after"] is None:
+        return ""
+    d = m["after"]["mean"] - u["after"]["mean"]
+    overlap = m["after"]["min"] <= u["after"]["max"] and u["after"]["min"] <= m["after"]["max"]
+    return f"{d:+.2f} vs uniform {int(target)}" + (" (ranges overlap: no difference)" if overlap else "")
+
+
+def tables(summary: dict[str, Any]) -> str:
+    """One markdown table per model."""
+    parts = []
+    for model, rows in summary["models"].items():
+        by_name = {r["row"]: r for r in rows}
+        fp32 = rows[0]["fp32"]
+        lines = []
+        for r in rows:
+            kind, value = r["row"].split("-", 1)
+            label = f"uniform {value}-bit" if kind == "uniform" else f"EvoQ mixed, target {value}"
+            note = _goal(model, r) if kind == "mixed" else ""
+            gain = _gain(by_name, float(value)) if kind == "mixed" else ""
+            lines.append([label, f"{r['avg_bits']['mean']:.3f}", f"{r['size_mb']['mean']:.4f}", _spread(r["before"]),
+                          _spread(r["after"]), "; ".join(x for x in (gain, note) if x), str(len(r["seeds"]))])
+        head = (f"**{model}**: FP32 {_spread(fp32)} on {rows[0]['n_test']} images ({rows[0]['test_split']}); "
+                "50 calibration images per seed")
+        parts.append(head + "\n\n" + grid_table(
+            ["configuration", "avg bits", "weights MB", "top-1 before calibration", "top-1 calibrated",
+             "mixed - uniform (calibrated); goal", "seeds"], lines))
+    return "\n\n".join(parts) if parts else "(no finished runs yet)"
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    """Calibrated top-1 against weight MB per model: uniform and mixed, mean with min-max bars, FP32 line."""
+    models = list(summary["models"])
+    if not models:
+        return
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rows = summary["models"][model]
+        for kind, style in (("uniform", "^-"), ("mixed", "o-")):
+            rs = [r for r in rows if r["row"].startswith(kind) and r["after"] is not None]
+            if not rs:
+                continue
+            x = [r["size_mb"]["mean"] for r in rs]
+            for key, alpha, label in (("after", 1.0, "calibrated"), ("before", 0.35, "before calibration")):
+                y = np.array([r[key]["mean"] for r in rs])
+                err = np.array([[r[key]["mean"] - r[key]["min"] for r in rs],
+                                [r[key]["max"] - r[key]["mean"] for r in rs]])
+                ax.errorbar(x, y, yerr=err, fmt=style, ms=4, capsize=3, alpha=alpha, label=f"{kind}, {label}",
+                            color="tab:blue" if kind == "mixed" else "tab:gray")
+        ax.axhline(rows[0]["fp32"]["mean"], color="k", lw=0.8, ls="--", label="FP32")
+        lows = [r["after"]["min"] for r in rows if r["after"] is not None and r["avg_bits"]["mean"] >= 2.4]
+        ax.set_ylim(max(0.0, min(lows) - 8), rows[0]["fp32"]["mean"] + 2)
+        ax.set_xlabel("weights MB")
+        ax.set_ylabel("top-1 %")
+        ax.set_title(model)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+
+
+def main() -> None:
+    """Entry point."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["shufflenetv2-x0.5"], choices=sorted(TARGETS))
+    parts = ["headline", "uniform", "rest"]
+    p.add_argument("--parts", nargs="+", default=parts, choices=parts)
+    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    p.add_argument("--no-run", action="store_true", help="only summarise the finished runs")
+    p.add_argument("--readme", type=Path, help="write the tables into this README between the markers")
+    a = p.parse_args()
+    os.chdir(ROOT)
+    if not a.no_run:
+        for model in a.models:
+            if "headline" in a.parts:
+                for t in HEADLINE[model]:
+                    for seed in a.seeds:
+                        run_mixed(model, t, seed)
+            if "uniform" in a.parts:
+                for b in UNIFORM:
+                    for seed in a.seeds:
+                        run_uni(model, b, seed)
+            if "rest" in a.parts:
+                for t in TARGETS[model]:
+                    if t not in HEADLINE[model]:
+                        for seed in a.seeds:
+                            run_mixed(model, t, seed)
+    summary = summarise(list(TARGETS))
+    OUT.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(OUT / "summary.json", summary)
+    plot(summary, OUT / "headline.png")
+    table = tables(summary)
+    print(table)
+    if a.readme:
+        splice_between(a.readme, MARK, table)
+
+
+if __name__ == "__main__":
+    main()
