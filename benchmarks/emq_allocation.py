@@ -178,8 +178,6 @@ def markdown(summary: dict[str, Any]) -> str:
     return grid_table(head, body + uni)
 
 
-
-
 def main() -> None:
     """Entry point."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -210,8 +210,6 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-
-
 def main() -> None:
     """Entry point."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

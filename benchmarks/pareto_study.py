@@ -202,8 +202,6 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-
-
 def main() -> None:
     """Entry point."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
