@@ -140,7 +140,7 @@ def test_no_budget_picks_each_layer_minimum_and_all_fixed():
 
 
 def test_infeasible_size_budget_raises_before_solving(monkeypatch):
-    import mixq.allocate.ilp as alloc
+    import mixq.knapsack as alloc
 
     def no_solver(*args, **kwargs):
         raise AssertionError("the solver must not run on an infeasible budget")
@@ -270,7 +270,7 @@ def test_larger_case_is_fast():
 
 def test_over_budget_solver_answer_is_resolved(monkeypatch):
     """A solution that slipped past the budget through solver tolerance is rejected and re-solved."""
-    import mixq.allocate.ilp as alloc
+    import mixq.knapsack as alloc
 
     real_milp = alloc.milp
     calls = []

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-import mixq.allocate.ilp as alloc
+import mixq.knapsack as alloc
 from mixq.allocate.ilp import allocate_bits, allocate_config, bitops, layer_macs, uniform_bitops
 from mixq.bits import Budget
 from mixq.errors import MixqError

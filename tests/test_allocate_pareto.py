@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-import mixq.allocate.ilp as alloc
+import mixq.knapsack as alloc
 from mixq.allocate.ilp import allocate_bits, allocate_config, allocate_pairs
 from mixq.allocate.pareto import SweepPoint, run_allocation_pareto, sweep_budgets, sweep_front
 from mixq.allocate.run import allocate, check_act_choices

@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # units of lower layers only; units of one layer do not import each other.
 LAYERS: list[set[str]] = [
     {"mixq.errors", "mixq.provenance", "mixq.timing", "mixq.progress", "mixq._face"},
-    {"mixq.fileio", "mixq.executor", "mixq.pareto"},  # pools; atomic writes, locks, signatures; fronts
+    {"mixq.fileio", "mixq.executor", "mixq.pareto", "mixq.knapsack"},  # pools; atomic writes, locks; fronts; ILP
     {"mixq.paths", "mixq.bits"},
     {"mixq.quant"},
     {"mixq.models", "mixq.data"},

@@ -40,7 +40,7 @@ def cmd_evoq(args: argparse.Namespace) -> int:
         population=args.population or 16, sample=args.sample_size, iterations=args.iterations or 1000,
         mutation_prob=args.mutation_prob, min_bits=args.min_bits, max_bits=args.max_bits,
         mutation=args.mutation, seed=args.seed, offspring=args.offspring,
-        act_choices=tuple(args.act_choices or ()),
+        act_choices=tuple(args.act_choices or ()), init=args.init,
     )
     out = args.out or f"runs/evoq-{args.model.replace(':', '_')}-{budget_label(budget)}"
     with locked(output_folder(out)):  # a bad or busy --out fails before the model and data are loaded
@@ -66,7 +66,7 @@ def _pareto(args: argparse.Namespace) -> int:
         sample=args.sample_size if args.pareto_method == "sweep" else min(args.sample_size, 2),
         iterations=args.iterations or defaults.iterations, mutation_prob=args.mutation_prob,
         min_bits=args.min_bits, max_bits=args.max_bits, mutation=args.mutation, seed=args.seed,
-        offspring=args.offspring, act_choices=tuple(args.act_choices or ()),
+        offspring=args.offspring, act_choices=tuple(args.act_choices or ()), init=args.init,
     )
     if args.front_points < 2:
         raise MixqError(f"--front-points must be at least 2, got {args.front_points}")
@@ -151,6 +151,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--mutation-prob", type=float, default=0.1, help="per-layer mutation p (default %(default)s)")
     s.add_argument("--mutation", choices=["guided", "random"], default="guided",
                    help="sensitivity-guided or random +-1 mutation (default %(default)s)")
+    s.add_argument("--init", choices=["uniform", "ilp"], default="uniform",
+                   help="first population around the uniform policy (paper) or around the exact optimum of the "
+                        "sensitivity table's per-layer MSEs taken as additive (ILP) (default %(default)s)")
     s.add_argument("--min-bits", type=int, default=2, help="lowest weight bits (default %(default)s)")
     s.add_argument("--max-bits", type=int, default=8, help="highest weight bits (default %(default)s)")
     s.add_argument("--weight-range", choices=["minmax", "omse", "aciq"], default="minmax",

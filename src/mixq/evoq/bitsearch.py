@@ -37,12 +37,14 @@ from mixq.evoq.evolution import EvolutionConfig, EvolutionState, Genome, Tournam
 from mixq.evoq.sensitivity import SensitivityTable
 from mixq.executor import Executor, SerialExecutor
 from mixq.fileio import atomic_write_text, check_signature
+from mixq.knapsack import allocate_bits, allocate_pairs
 from mixq.progress import progress_bar
 from mixq.quant.cost import CostModel
 from mixq.quant.model import QuantModel
 from mixq.quant.replay import PrefixCache
 
 MUTATIONS = ("guided", "random")
+INITS = ("uniform", "ilp")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class EvoQConfig:
             an executor spread a generation's fitness evaluations over its workers).
         act_choices: input (activation) bit-widths searched per layer beside the weight bits, e.g.
             ``(4, 6, 8)``; empty (default) = weight bits only, every input at the run's activation bits.
+        init: what the first population is built around: ``"uniform"`` (the paper: the uniform policy at the
+            budget) or ``"ilp"`` (the exact optimum, under the budget, of the sensitivity table's per-layer
+            MSEs taken as additive; :mod:`mixq.knapsack`); the rest of the population is random
+            perturbations of it, repaired into the budget.
     """
 
     population: int = 16
@@ -74,6 +80,7 @@ class EvoQConfig:
     seed: int = 0
     offspring: int = 1
     act_choices: tuple[int, ...] = ()
+    init: str = "uniform"
 
     def __post_init__(self) -> None:
         self.evolution()  # validates population, sample, iterations and offspring
@@ -89,6 +96,8 @@ class EvoQConfig:
             raise MixqError(f"bit range must satisfy 2 <= min <= max <= 8, got {self.min_bits}..{self.max_bits}")
         if self.mutation not in MUTATIONS:
             raise MixqError(f"mutation must be one of {MUTATIONS}, got {self.mutation!r}")
+        if self.init not in INITS:
+            raise MixqError(f"init must be one of {INITS}, got {self.init!r}")
 
     def evolution(self) -> EvolutionConfig:
         """The generic tournament settings."""
@@ -364,19 +373,49 @@ class BitSpace:
                 return b
         return self.lo
 
-    def initial(self, target_bits: int, rng: np.random.Generator, size: int) -> list[Genome]:
-        """The uniform policy (repaired if needed) and random perturbations of it.
+    def ilp_start(self) -> Genome:
+        """The budget-feasible genome minimising the sum of the tables' single-layer MSEs (exact ILP).
+
+        The weight table gives ``S[j, b]`` for every width of the search's range (log-interpolated where the
+        table lacks one); with activation genes each layer's pair ``(w, a)`` costs ``S[j, w] + A[j, a]``.
+
+        Returns:
+            The genome (weight bits, then input bits with activation genes).
+
+        Raises:
+            MixqError: no sensitivity table (or no activation table with activation genes).
+        """
+        if self.table is None or (self.acts and self.A is None):
+            need = "the sensitivity table" + (" and the activation table" if self.acts else "")
+            raise MixqError(f"init='ilp' needs {need}")
+        choices = list(range(self.lo, self.hi + 1))
+        size = None if not math.isfinite(self.limit) else self.limit
+        ops = None if not math.isfinite(self.ops_limit) else self.ops_limit
+        macs = None if self.macs is None else [float(m) for m in self.macs]
+        params = [int(p) for p in self.params]
+        if self.acts:
+            res = allocate_pairs(self.S, choices, self.A, self.acts, params, size, macs=macs, max_bitops=ops)
+            return tuple(int(b) for b in res.bits) + tuple(int(a) for a in res.acts)
+        res = allocate_bits(self.S, choices, params, size, macs=macs, max_bitops=ops, act_bits=self.act_bits)
+        return tuple(int(b) for b in res.bits)
+
+    def initial(self, target_bits: int, rng: np.random.Generator, size: int, start: Genome | None = None
+                ) -> list[Genome]:
+        """The uniform policy (repaired if needed), or ``start``, and random perturbations of it.
 
         Args:
             target_bits: the uniform bit-width to start from (inputs at their largest choice).
             rng: random generator.
             size: population size.
+            start: a genome to start from instead of the uniform one (e.g. :meth:`ilp_start`).
 
         Returns:
-            ``size`` feasible genomes (the first is the uniform one).
+            ``size`` feasible genomes (the first is the uniform one, or ``start`` repaired).
         """
         top_act = tuple([self.acts[-1]] * self.n) if self.acts else ()
-        base = self.repair(tuple([int(np.clip(target_bits, self.lo, self.hi))] * self.n) + top_act, rng)
+        if start is None:
+            start = tuple([int(np.clip(target_bits, self.lo, self.hi))] * self.n) + top_act
+        base = self.repair(tuple(int(b) for b in start), rng)
         out = [base]
         while len(out) < size:
             g = np.asarray(base[: self.n]).copy()
@@ -580,6 +619,8 @@ def search_signature(layers: list[str], limit: float, config: EvoQConfig, extra:
     settings = {k: v for k, v in asdict(config).items() if k != "iterations"}
     if settings["offspring"] == 1:
         del settings["offspring"]  # the steady state, as every checkpoint before the setting existed
+    if settings["init"] == "uniform":
+        del settings["init"]  # the paper's start, as every checkpoint before the setting existed
     if not settings["act_choices"]:
         del settings["act_choices"]  # weight bits only, as every checkpoint before activation genes
     else:
@@ -704,7 +745,9 @@ def evoq_search(
     state, elapsed = ckpt.load()
     search, seconds = _evolve(
         lambda evaluate_many: TournamentEvolution(
-            config.evolution(), evaluate, space.mutate, lambda rng: space.initial(start_bits, rng, config.population),
+            config.evolution(), evaluate, space.mutate,
+            lambda rng: space.initial(start_bits, rng, config.population,
+                                      space.ilp_start() if config.init == "ilp" else None),
             state=state, evaluate_many=evaluate_many),
         evaluate, (qm, x, reference), executor, ckpt, elapsed, config.iterations, checkpoint_every, progress, "evoq")
     best, fit = search.state.best

@@ -207,6 +207,9 @@ def pareto_search(
     if cost not in COSTS:
         raise MixqError(f"Pareto cost must be one of {list(COSTS)}, got {cost!r}")
     n = len(qm.layer_names)
+    if config.init != "uniform":
+        raise MixqError(f"the NSGA-II front search starts from the uniform points; init={config.init!r} is for "
+                        "single-budget and sweep searches")
     budget = cap or Budget(avg_bits=config.max_bits)  # no cap: every configuration of the bit range fits
     space = BitSpace(qm.layer_params, budget, config, sensitivity, macs=list(cost_model.macs),
                      act_sensitivity=act_sensitivity, act_bits=qm.act_bits)
@@ -335,7 +338,8 @@ def sweep_search(
 
         def initial(rng: np.random.Generator, space=space, population=population) -> list[Genome]:
             if population is None:
-                return space.initial(space.uniform_bits(), rng, config.population)
+                return space.initial(space.uniform_bits(), rng, config.population,
+                                     space.ilp_start() if config.init == "ilp" else None)
             return list(dict.fromkeys(space.repair(g, rng) for g in population))
 
         path = None if checkpoint_dir is None else os.path.join(checkpoint_dir, f"sweep_state_{k}.json")
