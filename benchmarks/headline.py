@@ -60,6 +60,8 @@ GOALS: dict[tuple[str, float], tuple[str, float]] = {
     ("mobilenetv2-jpeg", 3.0): ("at least", 87.9), ("shufflenetv2-x0.5", 3.0): ("at least", 80.0),
     ("resnet18-jpeg", 2.5): ("at least", 90.2), ("efficientnet-lite0", 4.0): ("below FP32 by at most", 1.5)}
 MARK = "<!-- headline -->"
+INITS = ("uniform", "ilp")
+INIT_LABEL = {"uniform": "paper's uniform start", "ilp": "ILP start"}
 
 
 def _options(seed: int, budget: Budget) -> RunOptions:
@@ -67,13 +69,17 @@ def _options(seed: int, budget: Budget) -> RunOptions:
                       progress=False)
 
 
-def run_mixed(model: str, target: float, seed: int) -> None:
+def _mixed_name(init: str, target: float) -> str:
+    return f"mixed-{target}" if init == "uniform" else f"mixed-{init}-{target}"
+
+
+def run_mixed(model: str, target: float, seed: int, init: str) -> None:
     """EvoQ at ``target`` average bits, then calibration (skipped when its result exists)."""
-    out = OUT / model / f"mixed-{target}" / f"seed-{seed}"
+    out = OUT / model / _mixed_name(init, target) / f"seed-{seed}"
     if not (out / "result.json").is_file():
         task = load_task(model, samples=50, seed=seed)
-        run_evoq(task, _options(seed, Budget(avg_bits=target)), EvoQConfig(seed=seed), out)
-        print(f"{model} mixed {target} seed {seed} done", flush=True)
+        run_evoq(task, _options(seed, Budget(avg_bits=target)), EvoQConfig(seed=seed, init=init), out)
+        print(f"{model} mixed ({init} start) {target} seed {seed} done", flush=True)
 
 
 def run_uni(model: str, bits: int, seed: int) -> None:
@@ -100,13 +106,15 @@ def summarise(models: list[str]) -> dict[str, Any]:
     summary: dict[str, Any] = {"models": {}}
     for model in models:
         rows = []
-        names = [f"uniform-{b}" for b in UNIFORM] + [f"mixed-{t}" for t in TARGETS[model]]
-        for name in names:
+        names = [(f"uniform-{b}", "uniform", "", float(b)) for b in UNIFORM]
+        names += [(_mixed_name(i, t), "mixed", i, t) for i in INITS for t in TARGETS[model]]
+        for name, kind, init, value in names:
             rs = _results(model, name)
             if not rs:
                 continue
-            before = "search_top1" if name.startswith("mixed") else "uncalibrated_top1"
-            rows.append({"row": name, "seeds": sorted(r["seed"] for r in rs),
+            before = "search_top1" if kind == "mixed" else "uncalibrated_top1"
+            rows.append({"row": name, "kind": kind, "init": init, "value": value,
+                         "seeds": sorted(r["seed"] for r in rs),
                          "avg_bits": _stats([r["avg_bits"] for r in rs]), "size_mb": _stats([r["size_mb"] for r in rs]),
                          "fp32": _stats([r["fp32_top1"] for r in rs]), "before": _stats([r[before] for r in rs]),
                          "after": _stats([r["quant_top1"] for r in rs]),
@@ -126,9 +134,9 @@ def _spread(s: dict[str, float] | None, digits: int = 2) -> str:
 
 
 def _goal(model: str, row: dict[str, Any]) -> str:
-    if not row["row"].startswith("mixed"):
+    if row["kind"] != "mixed":
         return ""
-    goal = GOALS.get((model, float(row["row"].split("-", 1)[1])))
+    goal = GOALS.get((model, row["value"]))
     if goal is None or row["after"] is None:
         return ""
     kind, value = goal
@@ -143,11 +151,12 @@ def _goal(model: str, row: dict[str, Any]) -> str:
     return f"{text}: **{'met' if met else 'not met'}**"
 
 
-def _gain(rows: dict[str, dict[str, Any]], target: float) -> str:
+def _gain(rows: dict[str, dict[str, Any]], m: dict[str, Any]) -> str:
     """Mixed at an integer target minus uniform at that width, after calibration; 'no difference' on overlap."""
+    target = m["value"]
     if target != math.floor(target):
         return ""
-    m, u = rows.get(f"mixed-{target}"), rows.get(f"uniform-{int(target)}")
+    u = rows.get(f"uniform-{int(target)}")
     if m is None or u is None or m["after"] is None or u["after"] is None:
         return ""
     d = m["after"]["mean"] - u["after"]["mean"]
@@ -163,10 +172,11 @@ def tables(summary: dict[str, Any]) -> str:
         fp32 = rows[0]["fp32"]
         lines = []
         for r in rows:
-            kind, value = r["row"].split("-", 1)
-            label = f"uniform {value}-bit" if kind == "uniform" else f"EvoQ mixed, target {value}"
-            note = _goal(model, r) if kind == "mixed" else ""
-            gain = _gain(by_name, float(value)) if kind == "mixed" else ""
+            if r["kind"] == "uniform":
+                label, note, gain = f"uniform {int(r['value'])}-bit", "", ""
+            else:
+                label = f"EvoQ mixed ({INIT_LABEL[r['init']]}), target {r['value']}"
+                note, gain = _goal(model, r), _gain(by_name, r)
             lines.append([label, f"{r['avg_bits']['mean']:.3f}", f"{r['size_mb']['mean']:.4f}", _spread(r["before"]),
                           _spread(r["after"]), "; ".join(x for x in (gain, note) if x), str(len(r["seeds"]))])
         head = (f"**{model}**: FP32 {_spread(fp32)} on {rows[0]['n_test']} images ({rows[0]['test_split']}); "
@@ -186,17 +196,19 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
         rows = summary["models"][model]
-        for kind, style in (("uniform", "^-"), ("mixed", "o-")):
-            rs = [r for r in rows if r["row"].startswith(kind) and r["after"] is not None]
+        for kind, init, style, color in (("uniform", "", "^-", "tab:gray"), ("mixed", "uniform", "s-", "tab:orange"),
+                                          ("mixed", "ilp", "o-", "tab:blue")):
+            rs = [r for r in rows if r["kind"] == kind and r["init"] == init and r["after"] is not None]
             if not rs:
                 continue
+            name = "uniform bits" if kind == "uniform" else f"mixed, {INIT_LABEL[init]}"
             x = [r["size_mb"]["mean"] for r in rs]
             for key, alpha, label in (("after", 1.0, "calibrated"), ("before", 0.35, "before calibration")):
                 y = np.array([r[key]["mean"] for r in rs])
-                err = np.array([[r[key]["mean"] - r[key]["min"] for r in rs],
-                                [r[key]["max"] - r[key]["mean"] for r in rs]])
-                ax.errorbar(x, y, yerr=err, fmt=style, ms=4, capsize=3, alpha=alpha, label=f"{kind}, {label}",
-                            color="tab:blue" if kind == "mixed" else "tab:gray")
+                err = np.maximum(0.0, np.array([[r[key]["mean"] - r[key]["min"] for r in rs],
+                                                [r[key]["max"] - r[key]["mean"] for r in rs]]))
+                ax.errorbar(x, y, yerr=err, fmt=style, ms=4, capsize=3, alpha=alpha, label=f"{name}, {label}",
+                            color=color)
         ax.axhline(rows[0]["fp32"]["mean"], color="k", lw=0.8, ls="--", label="FP32")
         lows = [r["after"]["min"] for r in rows if r["after"] is not None and r["avg_bits"]["mean"] >= 2.4]
         ax.set_ylim(max(0.0, min(lows) - 8), rows[0]["fp32"]["mean"] + 2)
@@ -217,6 +229,8 @@ def main() -> None:
     parts = ["headline", "uniform", "rest"]
     p.add_argument("--parts", nargs="+", default=parts, choices=parts)
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    p.add_argument("--init", nargs="+", default=["ilp"], choices=INITS,
+                   help="EvoQ start(s) of the mixed rows (default: ilp, chosen on validation; see README)")
     p.add_argument("--no-run", action="store_true", help="only summarise the finished runs")
     p.add_argument("--readme", type=Path, help="write the tables into this README between the markers")
     a = p.parse_args()
@@ -225,8 +239,9 @@ def main() -> None:
         for model in a.models:
             if "headline" in a.parts:
                 for t in HEADLINE[model]:
-                    for seed in a.seeds:
-                        run_mixed(model, t, seed)
+                    for init in a.init:
+                        for seed in a.seeds:
+                            run_mixed(model, t, seed, init)
             if "uniform" in a.parts:
                 for b in UNIFORM:
                     for seed in a.seeds:
@@ -234,8 +249,9 @@ def main() -> None:
             if "rest" in a.parts:
                 for t in TARGETS[model]:
                     if t not in HEADLINE[model]:
-                        for seed in a.seeds:
-                            run_mixed(model, t, seed)
+                        for init in a.init:
+                            for seed in a.seeds:
+                                run_mixed(model, t, seed, init)
     summary = summarise(list(TARGETS))
     OUT.mkdir(parents=True, exist_ok=True)
     atomic_write_json(OUT / "summary.json", summary)
