@@ -94,7 +94,8 @@ def search(
             gives every worker a child to evaluate).
         **settings: other :class:`EvoQConfig` fields (``iterations``, ``population``, ``sample``,
             ``mutation_prob``, ``mutation``, ``min_bits``, ``max_bits``, ``offspring``, ``act_choices`` to
-            search input bits too, e.g. ``(4, 6, 8)``).
+            search input bits too, e.g. ``(4, 6, 8)``, ``init="ilp"`` to start from the sensitivity table's
+            additive optimum instead of the uniform policy).
 
     Returns:
         The :class:`EvoQResult`: ``bits`` (a BitConfig), ``fitness``, ``best_history``, ``avg_bits``,
