@@ -229,6 +229,8 @@ def main() -> None:
     parts = ["headline", "uniform", "rest"]
     p.add_argument("--parts", nargs="+", default=parts, choices=parts)
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    p.add_argument("--uniform", nargs="+", type=int, default=list(UNIFORM), choices=UNIFORM,
+                   help="uniform widths to run (default all; the headline ones first is e.g. --uniform 3)")
     p.add_argument("--init", nargs="+", default=["ilp"], choices=INITS,
                    help="EvoQ start(s) of the mixed rows (default: ilp, chosen on validation; see README)")
     p.add_argument("--no-run", action="store_true", help="only summarise the finished runs")
@@ -243,7 +245,7 @@ def main() -> None:
                         for seed in a.seeds:
                             run_mixed(model, t, seed, init)
             if "uniform" in a.parts:
-                for b in UNIFORM:
+                for b in a.uniform:
                     for seed in a.seeds:
                         run_uni(model, b, seed)
             if "rest" in a.parts:
