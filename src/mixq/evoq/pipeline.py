@@ -209,6 +209,19 @@ def _calibrate_and_save(qm: QuantModel, task: Task, options: RunOptions, out: Pa
     return part
 
 
+def _on_device(task: Task, executor: Executor) -> Task:
+    """The task with its model and samples where the serial executor computes (the whole run goes there)."""
+    if executor.local_device.type == "cpu":
+        return task
+    return replace(task, model=task.model.to(executor.local_device), calib=task.calib.to(executor.local_device))
+
+
+def _task_record(task: Task) -> dict[str, Any]:
+    """The result-file keys naming a run's model, dataset and splits."""
+    return {"model": task.name, "dataset": task.dataset,
+            "calib_split": "train" if task.dataset == "cifar10" else "sample", "test_split": task.split_text()}
+
+
 def run_evoq(task: Task, options: RunOptions, config: EvoQConfig, out: str | os.PathLike,
              overwrite: bool = False, executor: Executor | None = None) -> dict:
     """Run EvoQ end to end on a task and write every artefact.
@@ -237,8 +250,7 @@ def run_evoq(task: Task, options: RunOptions, config: EvoQConfig, out: str | os.
 def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, overwrite: bool,
                 executor: Executor) -> dict:
     t_start = time.perf_counter()
-    if executor.local_device.type != "cpu":  # the whole run where the serial executor computes
-        task = replace(task, model=task.model.to(executor.local_device), calib=task.calib.to(executor.local_device))
+    task = _on_device(task, executor)
     qm = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits, weight_range=options.weight_range)
     check_feasible(qm, options.budget, config.min_bits)
     cost = CostModel.from_model(qm, tuple(task.calib.shape[1:]))
@@ -267,10 +279,7 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
     else:
         uniform_bits = uniform_bits_within(cost, options.budget, config.min_bits, config.max_bits)
     record = {
-        "model": task.name,
-        "dataset": task.dataset,
-        "calib_split": "train" if task.dataset == "cifar10" else "sample",
-        "test_split": task.split_text(),
+        **_task_record(task),
         "budget": budget_text(options.budget),
         "target_bits": options.budget.avg_bits,
         "target_size_mb": options.budget.size_mb,
@@ -365,17 +374,13 @@ def run_uniform(task: Task, bits: int, options: RunOptions, out: str | os.PathLi
             check_signature(saved.get("signature", {}), signature, f"uniform result {str(done)!r}", RESUME_HINT)
             return saved
         t_start = time.perf_counter()
-        if executor.local_device.type != "cpu":
-            task = replace(task, model=task.model.to(executor.local_device),
-                           calib=task.calib.to(executor.local_device))
+        task = _on_device(task, executor)
         qm = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits, weight_range=options.weight_range)
         qm.set_bits(bits)
         cost = CostModel.from_model(qm, tuple(task.calib.shape[1:]))
         top1 = task.top1(qm, progress=options.progress, desc=f"uniform {bits}")
         record = {
-            "model": task.name, "dataset": task.dataset,
-            "calib_split": "train" if task.dataset == "cifar10" else "sample",
-            "test_split": task.split_text(), "uniform_bits": bits, "act_bits": options.act_bits,
+            **_task_record(task), "uniform_bits": bits, "act_bits": options.act_bits,
             "weight_range": options.weight_range,
             "fp32_top1": task.top1(task.model, progress=options.progress, desc="fp32"),
             "fp32_size_mb": qm.size_mb(32), "uncalibrated_top1": top1,
@@ -472,8 +477,7 @@ def run_evoq_pareto(task: Task, options: RunOptions, config: EvoQConfig, pareto:
 def _pareto_locked(task: Task, options: RunOptions, config: EvoQConfig, pareto: ParetoOptions, out: Path,
                    overwrite: bool, cap: Budget | None, executor: Executor) -> dict:
     t_start = time.perf_counter()
-    if executor.local_device.type != "cpu":
-        task = replace(task, model=task.model.to(executor.local_device), calib=task.calib.to(executor.local_device))
+    task = _on_device(task, executor)
     qm = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits, weight_range=options.weight_range)
     cost = CostModel.from_model(qm, tuple(task.calib.shape[1:]))
     if cap is not None:
@@ -536,8 +540,7 @@ def _pareto_locked(task: Task, options: RunOptions, config: EvoQConfig, pareto: 
             cfg = BitConfig({n: b for n in qm.layer_names}, {n: a for n in qm.layer_names})
             uniform.append({"weight_bits": b, "act_bits": a, **cost.of_config(cfg), **evaluate(cfg, f"W{b}A{a}")})
     record = {
-        "method": "evoq", "model": task.name, "dataset": task.dataset, "cost": pareto.cost,
-        "calib_split": "train" if task.dataset == "cifar10" else "sample", "test_split": task.split_text(),
+        "method": "evoq", **_task_record(task), "cost": pareto.cost,
         "n_test": len(task.test), "seed": config.seed, "samples": int(task.calib.shape[0]),
         "act_bits": options.act_bits, "act_choices": list(config.act_choices), "weight_range": options.weight_range,
         "cap": None if cap is None else cap.to_dict(), "settings": asdict(config), "pareto": asdict(pareto),
