@@ -51,6 +51,7 @@ from mixq.provenance import versions  # noqa: E402
 from mixq.proxies import get_proxy, list_proxies  # noqa: E402
 from mixq.proxies.cache import StatsCache, cached_stats  # noqa: E402
 from mixq.reports.tables import grid_table, splice_between  # noqa: E402
+from mixq.reports.tables import spread_text as _spread  # noqa: E402
 
 RES = ROOT / "results"
 OUT = RES / "emq-allocation"
@@ -126,12 +127,6 @@ def _before_after(method: str, r: dict[str, Any]) -> tuple[float, float]:
     if method == "evoq":
         return r["search_top1"], r["quant_top1"]
     return r["quant_top1"], r["calibrated_top1"]
-
-
-def _spread(values: list[float]) -> str:
-    if not values:
-        return "-"
-    return f"{np.mean(values):.2f} [{min(values):.2f}, {max(values):.2f}]"
 
 
 def summarise(choices: dict[str, dict]) -> dict[str, Any]:

@@ -45,7 +45,8 @@ from mixq.evoq.calibrate import CalibrationConfig  # noqa: E402
 from mixq.evoq.pipeline import RunOptions, run_evoq, run_uniform  # noqa: E402
 from mixq.fileio import atomic_write_json  # noqa: E402
 from mixq.reports.plots import pyplot  # noqa: E402
-from mixq.reports.tables import grid_table, splice_between  # noqa: E402
+from mixq.reports.tables import grid_table, seed_stats, splice_between  # noqa: E402
+from mixq.reports.tables import spread_text as _spread  # noqa: E402
 
 OUT = ROOT / "results" / "headline"
 SEEDS = (0, 1, 2)
@@ -95,12 +96,6 @@ def _results(model: str, row: str) -> list[dict[str, Any]]:
     return [json.loads(f.read_text()) for f in sorted((OUT / model / row).glob("seed-*/result.json"))]
 
 
-def _stats(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    return {"mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values)), "n": len(values)}
-
-
 def summarise(models: list[str]) -> dict[str, Any]:
     """Per model and row: seeds, size, FP32, top-1 before and after calibration (mean, min, max)."""
     summary: dict[str, Any] = {"models": {}}
@@ -115,22 +110,16 @@ def summarise(models: list[str]) -> dict[str, Any]:
             before = "search_top1" if kind == "mixed" else "uncalibrated_top1"
             rows.append({"row": name, "kind": kind, "init": init, "value": value,
                          "seeds": sorted(r["seed"] for r in rs),
-                         "avg_bits": _stats([r["avg_bits"] for r in rs]), "size_mb": _stats([r["size_mb"] for r in rs]),
-                         "fp32": _stats([r["fp32_top1"] for r in rs]), "before": _stats([r[before] for r in rs]),
-                         "after": _stats([r["quant_top1"] for r in rs]),
-                         "seconds": _stats([r["total_seconds"] for r in rs]),
+                         "avg_bits": seed_stats([r["avg_bits"] for r in rs]),
+                         "size_mb": seed_stats([r["size_mb"] for r in rs]),
+                         "fp32": seed_stats([r["fp32_top1"] for r in rs]),
+                         "before": seed_stats([r[before] for r in rs]),
+                         "after": seed_stats([r["quant_top1"] for r in rs]),
+                         "seconds": seed_stats([r["total_seconds"] for r in rs]),
                          "n_test": rs[0]["n_test"], "test_split": rs[0]["test_split"]})
         if rows:
             summary["models"][model] = rows
     return summary
-
-
-def _spread(s: dict[str, float] | None, digits: int = 2) -> str:
-    if s is None:
-        return "-"
-    if s["n"] == 1:
-        return f"{s['mean']:.{digits}f} (1 seed)"
-    return f"{s['mean']:.{digits}f} [{s['min']:.{digits}f}, {s['max']:.{digits}f}]"
 
 
 def _goal(model: str, row: dict[str, Any]) -> str:

@@ -48,6 +48,7 @@ from mixq.quant.model import QuantModel  # noqa: E402
 from mixq.reports.pareto import write_pareto_report  # noqa: E402
 from mixq.reports.plots import pyplot  # noqa: E402
 from mixq.reports.tables import grid_table, splice_between  # noqa: E402
+from mixq.reports.tables import spread_text as _spread  # noqa: E402
 
 OUT = ROOT / "results" / "pareto-study"
 SEEDS = (0, 1, 2)
@@ -90,12 +91,6 @@ def run_wa(model: str, seed: int) -> None:
             budget = Budget(bitops=cost.bitops(w, a))
             run_evoq(task, RunOptions(budget=budget, calibration=CalibrationConfig(seed=seed), progress=False),
                      EvoQConfig(seed=seed, act_choices=acts), out)
-
-
-def _spread(values: list[float], digits: int = 2) -> str:
-    if not values:
-        return "-"
-    return f"{np.mean(values):.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
 
 
 def summarise(models: list[str]) -> dict[str, Any]:

@@ -33,3 +33,17 @@ def test_splice_between_replaces_only_the_marked_text(tmp_path):
     for mark in ("<!-- y -->", "<!-- z -->"):
         with pytest.raises(MixqError, match=f"needs exactly two {mark} lines"):
             splice_between(f, mark, "t")
+
+
+def test_seed_stats_and_spread_text_against_numpy():
+    import numpy as np
+
+    from mixq.reports.tables import seed_stats, spread_text
+
+    v = [87.64, 87.79, 87.76]
+    s = seed_stats(v)
+    assert s["n"] == 3 and s["min"] == 87.64 and s["max"] == 87.79
+    assert abs(s["mean"] - float(np.mean(v))) < 1e-12
+    assert spread_text(v) == f"{np.mean(v):.2f} [87.64, 87.79]" == spread_text(s)
+    assert spread_text([0.05876], 4) == "0.0588 (1 seed)"
+    assert spread_text([]) == "-" and spread_text(None) == "-" and seed_stats([]) is None

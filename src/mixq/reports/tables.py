@@ -66,3 +66,36 @@ def splice_between(path: str | os.PathLike, mark: str, text: str) -> None:
     if len(parts) != 3:
         raise MixqError(f"{str(path)!r} needs exactly two {mark} lines, found {len(parts) - 1}")
     Path(path).write_text(parts[0] + mark + "\n" + text + "\n" + mark + parts[2])
+
+
+def seed_stats(values: Sequence[float]) -> dict[str, float] | None:
+    """Mean, min, max and count of one quantity over seeds (how results tables give a spread).
+
+    Args:
+        values: one value per seed.
+
+    Returns:
+        ``{"mean", "min", "max", "n"}``, or None when there are no values.
+    """
+    if len(values) == 0:
+        return None
+    return {"mean": float(sum(values) / len(values)), "min": float(min(values)), "max": float(max(values)),
+            "n": len(values)}
+
+
+def spread_text(values: Sequence[float] | dict[str, float] | None, digits: int = 2) -> str:
+    """``"mean [min, max]"`` over seeds; ``"v (1 seed)"`` for a single one; ``"-"`` for none.
+
+    Args:
+        values: one value per seed, or :func:`seed_stats`'s dict (None: nothing measured).
+        digits: decimals.
+
+    Returns:
+        The text.
+    """
+    s = values if isinstance(values, dict) or values is None else seed_stats(values)
+    if s is None:
+        return "-"
+    if s["n"] == 1:
+        return f"{s['mean']:.{digits}f} (1 seed)"
+    return f"{s['mean']:.{digits}f} [{s['min']:.{digits}f}, {s['max']:.{digits}f}]"
