@@ -39,7 +39,7 @@ from mixq.evaluation.task import load_task  # noqa: E402
 from mixq.evoq.bitsearch import EvoQConfig  # noqa: E402
 from mixq.evoq.pipeline import RunOptions, run_evoq  # noqa: E402
 from mixq.fileio import atomic_write_json  # noqa: E402
-from mixq.reports.plots import pyplot  # noqa: E402
+from mixq.reports.plots import panels  # noqa: E402
 from mixq.reports.tables import grid_table, seed_stats, splice_between  # noqa: E402
 from mixq.reports.tables import spread_text as _spread  # noqa: E402
 
@@ -146,23 +146,16 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     models = list(summary["models"])
     if not models:
         return
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.8), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        s = summary["models"][model]
-        for arm, color in (("guided", "tab:blue"), ("random", "tab:orange")):
-            c = s["arms"][arm]["relative_curve"]
-            x = np.arange(len(c["mean"]))
-            ax.plot(x, c["mean"], color=color, label=f"{arm} mutation (mean of {len(s['seeds'])} seeds)")
-            ax.fill_between(x, c["min"], c["max"], color=color, alpha=0.2, lw=0)
-        ax.set_xlabel("iteration (child)")
-        ax.set_ylabel("best fitness / start fitness")
-        ax.set_title(f"{model}, {summary['target_bits']} bits")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with panels(len(models), path, panel_size=(5.2, 3.8)) as axes:
+        for ax, model in zip(axes, models):
+            s = summary["models"][model]
+            for arm, color in (("guided", "tab:blue"), ("random", "tab:orange")):
+                c = s["arms"][arm]["relative_curve"]
+                x = np.arange(len(c["mean"]))
+                ax.plot(x, c["mean"], color=color, label=f"{arm} mutation (mean of {len(s['seeds'])} seeds)")
+                ax.fill_between(x, c["min"], c["max"], color=color, alpha=0.2, lw=0)
+            ax.set(xlabel="iteration (child)", ylabel="best fitness / start fitness",
+                   title=f"{model}, {summary['target_bits']} bits")
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ from mixq.evoq.bitsearch import EvoQConfig  # noqa: E402
 from mixq.evoq.calibrate import CalibrationConfig  # noqa: E402
 from mixq.evoq.pipeline import RunOptions, run_evoq, run_uniform  # noqa: E402
 from mixq.fileio import atomic_write_json  # noqa: E402
-from mixq.reports.plots import pyplot  # noqa: E402
+from mixq.reports.plots import panels  # noqa: E402
 from mixq.reports.tables import grid_table, seed_stats, splice_between  # noqa: E402
 from mixq.reports.tables import spread_text as _spread  # noqa: E402
 
@@ -181,34 +181,27 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     models = list(summary["models"])
     if not models:
         return
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        rows = summary["models"][model]
-        for kind, init, style, color in (("uniform", "", "^-", "tab:gray"), ("mixed", "uniform", "s-", "tab:orange"),
-                                          ("mixed", "ilp", "o-", "tab:blue")):
-            rs = [r for r in rows if r["kind"] == kind and r["init"] == init and r["after"] is not None]
-            if not rs:
-                continue
-            name = "uniform bits" if kind == "uniform" else f"mixed, {INIT_LABEL[init]}"
-            x = [r["size_mb"]["mean"] for r in rs]
-            for key, alpha, label in (("after", 1.0, "calibrated"), ("before", 0.35, "before calibration")):
-                y = np.array([r[key]["mean"] for r in rs])
-                err = np.maximum(0.0, np.array([[r[key]["mean"] - r[key]["min"] for r in rs],
-                                                [r[key]["max"] - r[key]["mean"] for r in rs]]))
-                ax.errorbar(x, y, yerr=err, fmt=style, ms=4, capsize=3, alpha=alpha, label=f"{name}, {label}",
-                            color=color)
-        ax.axhline(rows[0]["fp32"]["mean"], color="k", lw=0.8, ls="--", label="FP32")
-        lows = [r["after"]["min"] for r in rows if r["after"] is not None and r["avg_bits"]["mean"] >= 2.4]
-        ax.set_ylim(max(0.0, min(lows) - 8), rows[0]["fp32"]["mean"] + 2)
-        ax.set_xlabel("weights MB")
-        ax.set_ylabel("top-1 %")
-        ax.set_title(model)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with panels(len(models), path, legend_size=7) as axes:
+        for ax, model in zip(axes, models):
+            rows = summary["models"][model]
+            for kind, init, style, color in (("uniform", "", "^-", "tab:gray"),
+                                              ("mixed", "uniform", "s-", "tab:orange"),
+                                              ("mixed", "ilp", "o-", "tab:blue")):
+                rs = [r for r in rows if r["kind"] == kind and r["init"] == init and r["after"] is not None]
+                if not rs:
+                    continue
+                name = "uniform bits" if kind == "uniform" else f"mixed, {INIT_LABEL[init]}"
+                x = [r["size_mb"]["mean"] for r in rs]
+                for key, alpha, label in (("after", 1.0, "calibrated"), ("before", 0.35, "before calibration")):
+                    y = np.array([r[key]["mean"] for r in rs])
+                    err = np.maximum(0.0, np.array([[r[key]["mean"] - r[key]["min"] for r in rs],
+                                                    [r[key]["max"] - r[key]["mean"] for r in rs]]))
+                    ax.errorbar(x, y, yerr=err, fmt=style, ms=4, capsize=3, alpha=alpha, label=f"{name}, {label}",
+                                color=color)
+            ax.axhline(rows[0]["fp32"]["mean"], color="k", lw=0.8, ls="--", label="FP32")
+            lows = [r["after"]["min"] for r in rows if r["after"] is not None and r["avg_bits"]["mean"] >= 2.4]
+            ax.set_ylim(max(0.0, min(lows) - 8), rows[0]["fp32"]["mean"] + 2)
+            ax.set(xlabel="weights MB", ylabel="top-1 %", title=model)
 
 
 def main() -> None:
@@ -222,14 +215,17 @@ def main() -> None:
                    help="uniform widths to run (default all; the headline ones first is e.g. --uniform 3)")
     p.add_argument("--init", nargs="+", default=["ilp"], choices=INITS,
                    help="EvoQ start(s) of the mixed rows (default: ilp, chosen on validation; see README)")
+    p.add_argument("--targets", nargs="+", type=float,
+                   help="only these mixed targets (average bits) of the chosen parts (default: all of them)")
     p.add_argument("--no-run", action="store_true", help="only summarise the finished runs")
     p.add_argument("--readme", type=Path, help="write the tables into this README between the markers")
     a = p.parse_args()
     os.chdir(ROOT)
     if not a.no_run:
         for model in a.models:
+            wanted = [t for t in TARGETS[model] if a.targets is None or t in a.targets]
             if "headline" in a.parts:
-                for t in HEADLINE[model]:
+                for t in (t for t in HEADLINE[model] if t in wanted):
                     for init in a.init:
                         for seed in a.seeds:
                             run_mixed(model, t, seed, init)
@@ -238,7 +234,7 @@ def main() -> None:
                     for seed in a.seeds:
                         run_uni(model, b, seed)
             if "rest" in a.parts:
-                for t in TARGETS[model]:
+                for t in wanted:
                     if t not in HEADLINE[model]:
                         for init in a.init:
                             for seed in a.seeds:

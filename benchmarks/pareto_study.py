@@ -46,7 +46,7 @@ from mixq.provenance import versions  # noqa: E402
 from mixq.quant.cost import CostModel  # noqa: E402
 from mixq.quant.model import QuantModel  # noqa: E402
 from mixq.reports.pareto import write_pareto_report  # noqa: E402
-from mixq.reports.plots import pyplot  # noqa: E402
+from mixq.reports.plots import panels  # noqa: E402
 from mixq.reports.tables import grid_table, splice_between  # noqa: E402
 from mixq.reports.tables import spread_text as _spread  # noqa: E402
 
@@ -172,29 +172,21 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     models = [m for m in summary["models"] if _done(OUT / m / "pareto-bits" / "seed-0", "pareto.json")]
     if not models:
         return
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        f = _done(OUT / model / "pareto-bits" / "seed-0", "pareto.json")
-        pts = sorted(f["front"], key=lambda p: p["avg_bits"])
-        ax.plot([p["avg_bits"] for p in pts], [p["top1"] for p in pts], "o-", ms=4, label="one Pareto run")
-        single = [(_done(OUT / model / f"single-{t}" / "seed-0", "result.json"), t) for t in TARGETS]
-        single = [(r, t) for r, t in single if r is not None]
-        ax.plot([r["avg_bits"] for r, _ in single], [r["search_top1"] for r, _ in single], "s", ms=7, mfc="none",
-                label="single-budget searches")
-        uni = [u for u in f["uniform"] if u["act_bits"] == 8]
-        ax.plot([u["avg_bits"] for u in uni], [u["top1"] for u in uni], "^", color="gray", label="uniform")
-        ax.axhline(f["fp32"]["top1"], color="k", lw=0.8, ls="--", label="FP32")
-        ax.set_xlim(1.8, 8.2)
-        ax.set_ylim(max(0, min(p["top1"] for p in pts if p["avg_bits"] >= 2.4) - 5), f["fp32"]["top1"] + 2)
-        ax.set_xlabel("average weight bits")
-        ax.set_ylabel("top-1 % (no calibration)")
-        ax.set_title(f"{model}, seed 0")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with panels(len(models), path, panel_size=(5.5, 4.0)) as axes:
+        for ax, model in zip(axes, models):
+            f = _done(OUT / model / "pareto-bits" / "seed-0", "pareto.json")
+            pts = sorted(f["front"], key=lambda p: p["avg_bits"])
+            ax.plot([p["avg_bits"] for p in pts], [p["top1"] for p in pts], "o-", ms=4, label="one Pareto run")
+            single = [(_done(OUT / model / f"single-{t}" / "seed-0", "result.json"), t) for t in TARGETS]
+            single = [(r, t) for r, t in single if r is not None]
+            ax.plot([r["avg_bits"] for r, _ in single], [r["search_top1"] for r, _ in single], "s", ms=7,
+                    mfc="none", label="single-budget searches")
+            uni = [u for u in f["uniform"] if u["act_bits"] == 8]
+            ax.plot([u["avg_bits"] for u in uni], [u["top1"] for u in uni], "^", color="gray", label="uniform")
+            ax.axhline(f["fp32"]["top1"], color="k", lw=0.8, ls="--", label="FP32")
+            ax.set_xlim(1.8, 8.2)
+            ax.set_ylim(max(0, min(p["top1"] for p in pts if p["avg_bits"] >= 2.4) - 5), f["fp32"]["top1"] + 2)
+            ax.set(xlabel="average weight bits", ylabel="top-1 % (no calibration)", title=f"{model}, seed 0")
 
 
 def main() -> None:

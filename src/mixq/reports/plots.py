@@ -4,7 +4,8 @@ sensitivity heat maps."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -23,6 +24,40 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+@contextmanager
+def panels(
+    n: int, path: str | os.PathLike, panel_size: tuple[float, float] = (5.2, 4.0), legend_size: float = 8
+) -> Iterator[list]:
+    """A row of ``n`` axes (one panel per model, say) saved to ``path`` when the block ends.
+
+    On leaving the block every panel gets a light grid and its legend, the figure is laid out, written
+    at 120 dpi and closed (closed also when the block raises, then nothing is written).
+
+    Args:
+        n: number of panels (at least 1).
+        path: PNG file.
+        panel_size: width and height of one panel, inches.
+        legend_size: legend font size.
+
+    Returns:
+        A context manager yielding the list of ``n`` matplotlib axes.
+    """
+    if n < 1:
+        raise ValueError(f"panels: n must be at least 1, got {n}")
+    plt = pyplot()
+    fig, axes = plt.subplots(1, n, figsize=(panel_size[0] * n, panel_size[1]), squeeze=False)
+    try:
+        yield list(axes[0])
+        for ax in axes[0]:
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=legend_size)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def plot_fitness(
