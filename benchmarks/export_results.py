@@ -8,6 +8,10 @@ full test split (``model.onnx.json``). Uniform-bit models of the networks withou
 
     python benchmarks/export_results.py                     # everything (about 30 min on 2 CPU cores)
     python benchmarks/export_results.py --only evoq-resnet20-jpeg-3bit
+    python benchmarks/export_results.py --only headline/shufflenetv2-x0.5/mixed-ilp-3.0/seed-0
+
+The headline runs exported are seed 0 of each model's goal comparison (mixed at the goal's budget and the
+uniform width of the same size); runs not finished yet are skipped.
 """
 
 from __future__ import annotations
@@ -26,12 +30,17 @@ from mixq.evaluation.task import load_task
 from mixq.evoq.calibrate import CalibrationConfig, calibrate
 from mixq.export import compare_outputs, export_onnx, weight_levels
 from mixq.provenance import versions
-from mixq.quant.model import QuantModel, save_calibrated
+from mixq.quant.model import QuantModel, load_calibrated, save_calibrated
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 CALIBRATED_RUNS = ["evoq-resnet20-jpeg-3bit", "allocate-emq-final-resnet20-jpeg-3bit",
                    "allocate-emq-resnet20-jpeg-3bit", "allocate-hawq-v2-resnet20-jpeg-3bit",
                    "evoq-mobilenetv2-jpeg-3bit"]
+#: #13's headline comparisons, seed 0: the searched model at the goal's budget beside uniform bits of the same size
+HEADLINE_RUNS = [f"headline/{model}/{row}/seed-0" for model, rows in (
+    ("shufflenetv2-x0.5", ("mixed-ilp-3.0", "uniform-3")), ("mobilenetv2-jpeg", ("mixed-ilp-3.0", "uniform-3")),
+    ("resnet20-jpeg", ("mixed-ilp-3.0", "uniform-3")), ("resnet18-jpeg", ("mixed-ilp-2.5", "uniform-2")),
+    ("efficientnet-lite0", ("mixed-ilp-4.0", "uniform-4"))) for row in rows]
 UNIFORM = [("shufflenetv2-x0.5", 4, "int"), ("efficientnet-lite0", 8, "int"), ("mobilenetv2-jpeg", 4, "int"),
            ("efficientnet-lite0", 8, "uint")]
 
@@ -62,30 +71,37 @@ def _verify(qm: QuantModel, task, onnx_path: Path, record: dict, batch_size: int
 
 
 def calibrated_run(name: str, batch_size: int) -> None:
-    """Recalibrate one shipped run, check it reproduces, export and verify it."""
+    """Recalibrate one shipped run (or load the ``calibrated.pt`` it wrote here), check it reproduces, export
+    and verify it."""
     run = RESULTS / name
     result = json.loads((run / "result.json").read_text())
     recorded = result.get("calibrated_top1", result.get("quant_top1"))
     task = load_task(result["model"], samples=int(result["samples"]), seed=int(result["seed"]))
     qm = QuantModel(task.model, calib=task.calib, act_bits=int(result.get("act_bits", 8)),
                     weight_range=result.get("weight_range", "minmax"))
-    qm.set_bits(BitConfig.load(run / "config.json"))
-    # float sums depend on the thread count, and 200 calibration steps amplify such differences: use the run's
+    # a uniform run (benchmarks/headline.py) records its width instead of a config.json
+    qm.set_bits(BitConfig.load(run / "config.json") if (run / "config.json").is_file() else int(result["uniform_bits"]))
     threads = int(result.get("versions", {}).get("torch_threads", torch.get_num_threads()))
-    saved_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    try:
-        calibrate(qm, task.calib, _calibration_of(result), progress=True)
-    finally:
-        torch.set_num_threads(saved_threads)
-    seconds = time.perf_counter() - t0
+    reused = (run / "calibrated.pt").is_file()
+    if reused:  # written by the run itself (this machine, not git): the exact model the run evaluated
+        load_calibrated(qm, run / "calibrated.pt")
+    else:
+        # float sums depend on the thread count, and 200 calibration steps amplify such differences: use the run's
+        saved_threads, seconds = torch.get_num_threads(), time.perf_counter()
+        torch.set_num_threads(threads)
+        try:
+            calibrate(qm, task.calib, _calibration_of(result), progress=True)
+        finally:
+            torch.set_num_threads(saved_threads)
+        seconds = time.perf_counter() - seconds
     top1 = task.top1(qm, batch_size, desc="calibrated")
-    save_calibrated(qm, run / "calibrated.pt")
-    print(f"{name}: recalibrated in {seconds:.0f} s on {threads} thread(s), top-1 {top1:.2f} (recorded "
-          f"{recorded:.2f})")
+    if not reused:
+        save_calibrated(qm, run / "calibrated.pt")
+    how = "run's calibrated.pt loaded" if reused else f"recalibrated in {seconds:.0f} s on {threads} thread(s)"
+    print(f"{name}: {how}, top-1 {top1:.2f} (recorded {recorded:.2f})")
     record = {"run": name, "model": result["model"], "calibrated": True, "recalibrated_top1": top1,
-              "recorded_calibrated_top1": recorded, "calibration_seconds": seconds, "calibration_threads": threads,
+              "recorded_calibrated_top1": recorded, "calibration_seconds": None if reused else seconds,
+              "calibration_threads": threads, "calibrated_pt_reused": reused,
               "fp32_top1": result.get("fp32_top1")}
     _verify(qm, task, run / "model.onnx", record, batch_size)
 
@@ -132,8 +148,8 @@ def main() -> None:
         return
     warnings.simplefilter("ignore")
     (RESULTS / "export").mkdir(exist_ok=True)
-    for name in CALIBRATED_RUNS:
-        if args.only is None or name in args.only:
+    for name in CALIBRATED_RUNS + HEADLINE_RUNS:
+        if (args.only is None or name in args.only) and (RESULTS / name / "result.json").is_file():
             calibrated_run(name, args.batch_size)
     for model, bits, weight_type in UNIFORM:
         if args.only is None or model in args.only or f"{model}-{weight_type}" in args.only:

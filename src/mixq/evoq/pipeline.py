@@ -58,6 +58,9 @@ class RunOptions:
         progress: show progress bars.
         prefix_mb: memory (MiB) of the search's prefix cache (:func:`~mixq.evoq.bitsearch.evoq_search`);
             it changes speed only, so it is not part of the run's signature.
+        channels_last: run the quantized model in the channels-last memory format (see
+            :class:`~mixq.quant.model.QuantModel`); speed only, outputs equal up to float rounding, so not
+            part of the signature either (recorded in ``result.json``).
     """
 
     budget: Budget
@@ -68,6 +71,7 @@ class RunOptions:
     evaluate_uniform: bool = True
     progress: bool = True
     prefix_mb: float = 2048.0
+    channels_last: bool = False
 
 
 #: What a run writes into its output folder (``overwrite`` removes these, and only these).
@@ -251,7 +255,8 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
                 executor: Executor) -> dict:
     t_start = time.perf_counter()
     task = _on_device(task, executor)
-    qm = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits, weight_range=options.weight_range)
+    qm = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits, weight_range=options.weight_range,
+                    channels_last=options.channels_last)
     check_feasible(qm, options.budget, config.min_bits)
     cost = CostModel.from_model(qm, tuple(task.calib.shape[1:]))
     cost.check_budget(options.budget, config.min_bits, config.act_choices)
@@ -287,6 +292,7 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
         "act_bits": options.act_bits,
         "act_choices": list(config.act_choices),
         "weight_range": options.weight_range,
+        "channels_last": options.channels_last,
         "mutation": config.mutation,
         "fp32_top1": fp32,
         "fp32_size_mb": qm.size_mb(32),
@@ -375,13 +381,14 @@ def run_uniform(task: Task, bits: int, options: RunOptions, out: str | os.PathLi
             return saved
         t_start = time.perf_counter()
         task = _on_device(task, executor)
-        qm = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits, weight_range=options.weight_range)
+        qm = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits, weight_range=options.weight_range,
+                    channels_last=options.channels_last)
         qm.set_bits(bits)
         cost = CostModel.from_model(qm, tuple(task.calib.shape[1:]))
         top1 = task.top1(qm, progress=options.progress, desc=f"uniform {bits}")
         record = {
             **_task_record(task), "uniform_bits": bits, "act_bits": options.act_bits,
-            "weight_range": options.weight_range,
+            "weight_range": options.weight_range, "channels_last": options.channels_last,
             "fp32_top1": task.top1(task.model, progress=options.progress, desc="fp32"),
             "fp32_size_mb": qm.size_mb(32), "uncalibrated_top1": top1,
             "avg_bits": qm.avg_bits(), "size_mb": qm.size_mb(), "bitops": cost.bitops(bits),
@@ -478,7 +485,8 @@ def _pareto_locked(task: Task, options: RunOptions, config: EvoQConfig, pareto: 
                    overwrite: bool, cap: Budget | None, executor: Executor) -> dict:
     t_start = time.perf_counter()
     task = _on_device(task, executor)
-    qm = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits, weight_range=options.weight_range)
+    qm = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits, weight_range=options.weight_range,
+                    channels_last=options.channels_last)
     cost = CostModel.from_model(qm, tuple(task.calib.shape[1:]))
     if cap is not None:
         cost.check_budget(cap, config.min_bits, config.act_choices)
@@ -516,7 +524,7 @@ def _pareto_locked(task: Task, options: RunOptions, config: EvoQConfig, pareto: 
         row = {"top1": task.top1(qm, progress=options.progress, desc=label)}
         if pareto.calibrate:
             fresh = QuantModel(task.model, calib=task.calib, act_bits=options.act_bits,
-                               weight_range=options.weight_range)
+                               weight_range=options.weight_range, channels_last=options.channels_last)
             fresh.set_bits(bits)
             calibrate(fresh, task.calib, options.calibration, progress=options.progress)
             row["top1_calibrated"] = task.top1(fresh, progress=options.progress, desc=label + " calibrated")
@@ -543,7 +551,8 @@ def _pareto_locked(task: Task, options: RunOptions, config: EvoQConfig, pareto: 
         "method": "evoq", **_task_record(task), "cost": pareto.cost,
         "n_test": len(task.test), "seed": config.seed, "samples": int(task.calib.shape[0]),
         "act_bits": options.act_bits, "act_choices": list(config.act_choices), "weight_range": options.weight_range,
-        "cap": None if cap is None else cap.to_dict(), "settings": asdict(config), "pareto": asdict(pareto),
+        "channels_last": options.channels_last, "cap": None if cap is None else cap.to_dict(),
+        "settings": asdict(config), "pareto": asdict(pareto),
         "calibration": asdict(options.calibration) if pareto.calibrate else None,
         "fp32": {"top1": task.top1(task.model, progress=options.progress, desc="fp32"),
                  "size_mb": cost.size_mb(32), "bitops": cost.bitops(32, 32), "avg_bits": 32.0},
