@@ -615,3 +615,100 @@ def test_seconds_is_the_wall_time_of_the_call() -> None:
     result = calibrate(qm, x, _cfg(features="output"), progress=False)
     elapsed = time.perf_counter() - t0
     assert 0 < result.seconds <= elapsed
+
+
+# -- holdout: early stopping on held-out calibration samples ---------------------------------------------------
+
+
+def _holdout_setup():
+    import torch
+
+    from mixq.models import create_model
+    from mixq.quant.model import QuantModel
+
+    torch.manual_seed(0)
+    model = create_model("resnet20-jpeg", pretrained=False)
+    x = torch.randn(12, 3, 32, 32)
+    qm = QuantModel(model, calib=x)
+    qm.set_bits(3)
+    return qm, x
+
+
+def test_holdout_keeps_the_best_checked_weights_and_records_every_check():
+    import torch
+
+    from mixq.evoq.calibrate import CalibrationConfig, calibrate
+
+    qm, x = _holdout_setup()
+    teacher = copy.deepcopy(qm)  # the float model as it was: calibration moves qm's float weights
+    cfg = CalibrationConfig(epochs=6, batch_size=4, lr=1e-3, holdout=4, check_every=2, augment=False, seed=1)
+    r = calibrate(qm, x, cfg, progress=False)
+    epochs = [e for e, _ in r.holdout_history]
+    assert epochs == [0, 2, 4, 6]
+    best_epoch, best = min(r.holdout_history, key=lambda h: h[1])
+    assert r.best_epoch == best_epoch
+    # the kept model's held-out error is the best check's, measured independently here
+    from mixq.evoq.calibrate import _split_holdout
+
+    _, held = _split_holdout(x, cfg)
+    with torch.no_grad():
+        with teacher.float_mode():
+            target = teacher(held)
+        mse = float(torch.mean((qm(held) - target) ** 2))
+    assert mse == pytest.approx(best, rel=1e-5)
+    assert len(r.history) == 6
+
+
+def test_holdout_stops_at_epoch_zero_when_training_only_hurts(monkeypatch):
+    import torch
+
+    import mixq.evoq.calibrate as cal
+
+    qm, x = _holdout_setup()
+    before = {n: m.weight.detach().clone() for n, m in qm.layers.items()}
+
+    def sabotage(s, calib, bs, targets, opt, gen, config):  # a "training" epoch that only adds noise
+        with torch.no_grad():
+            for m in s.qm.layers.values():
+                m.weight.add_(0.5 * torch.randn_like(m.weight))
+        return 1.0
+
+    monkeypatch.setattr(cal, "_train_epoch", sabotage)
+    cfg = cal.CalibrationConfig(epochs=4, batch_size=4, holdout=4, check_every=2, augment=False, learn_scale=False)
+    r = cal.calibrate(qm, x, cfg, progress=False)
+    assert r.best_epoch == 0
+    for n, m in qm.layers.items():
+        assert torch.equal(m.weight, before[n])
+
+
+def test_holdout_split_is_seeded_disjoint_and_complete():
+    import torch
+
+    from mixq.evoq.calibrate import CalibrationConfig, _split_holdout
+
+    x = torch.arange(20.0).reshape(20, 1, 1, 1)
+    a_train, a_held = _split_holdout(x, CalibrationConfig(holdout=5, seed=3))
+    b_train, b_held = _split_holdout(x, CalibrationConfig(holdout=5, seed=3))
+    assert torch.equal(a_held, b_held) and a_held.shape[0] == 5 and a_train.shape[0] == 15
+    assert sorted(torch.cat([a_train, a_held]).flatten().tolist()) == list(range(20))
+    assert _split_holdout(x, CalibrationConfig(holdout=0))[1] is None
+
+
+@pytest.mark.parametrize("kwargs, match", [({"holdout": -1}, "holdout must be at least 0"),
+                                           ({"check_every": 0}, "check_every must be at least 1"),
+                                           ({"holdout": 1.5}, "holdout must be an integer")])
+def test_holdout_settings_are_checked(kwargs, match):
+    from mixq.evoq.calibrate import CalibrationConfig
+
+    with pytest.raises(MixqError, match=match):
+        CalibrationConfig(**kwargs)
+
+
+def test_holdout_must_leave_training_samples():
+    import torch
+
+    from mixq.evoq.calibrate import CalibrationConfig, calibrate
+
+    qm, _ = _holdout_setup()
+    with pytest.raises(MixqError, match="4 held out of 4 calibration samples"):
+        calibrate(qm, torch.randn(4, 3, 32, 32), CalibrationConfig(holdout=4), progress=False)

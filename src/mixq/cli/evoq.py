@@ -51,7 +51,7 @@ def _calibration(args: argparse.Namespace) -> CalibrationConfig:
     return CalibrationConfig(
         epochs=args.calib_epochs, lr=args.calib_lr, alpha=args.calib_alpha, beta=args.calib_beta,
         optimizer=args.calib_optimizer, augment=not args.calib_no_augment, batch_size=args.calib_batch_size,
-        seed=args.seed,
+        seed=args.seed, holdout=args.calib_holdout,
     )
 
 
@@ -174,6 +174,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="samples per step; lower it to save memory on large models (default %(default)s)")
     c.add_argument("--calib-no-augment", action="store_true",
                    help="show the calibration images as they are (no random shifts/flips)")
+    c.add_argument("--calib-holdout", type=int, default=CALIB_DEFAULTS.holdout,
+                   help="calibration samples held out of training: every 10 epochs the output error on them is "
+                        "checked and the best weights kept, so calibration stops where it starts to over-fit its "
+                        "samples (e.g. 10 of 50; default %(default)s = off)")
     f = p.add_argument_group("Pareto front (--pareto): every budget in one run")
     f.add_argument("--pareto", choices=["bits", "mb", "bitops"],
                    help="search the non-dominated front of (output MSE, this cost) in one run instead of one budget; "

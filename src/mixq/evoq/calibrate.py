@@ -125,6 +125,12 @@ class CalibrationConfig:
             Same samples, more views: it lets calibration run longer without over-fitting.
         schedule: learning-rate schedule, ``"constant"`` or ``"cosine"`` (decays to 0 over the epochs).
         seed: seed of the batch order and of the augmentation.
+        holdout: calibration samples held out of training (a seeded draw) to check it: every
+            ``check_every`` epochs (and before the first) the output MSE against the float model on them is
+            measured, and the weights and grids of the best check are kept, so calibration that over-fits
+            its samples stops where the held-out error was lowest (0 = off: train on all samples and keep
+            the last epoch). The held-out samples are unlabelled calibration samples, never test images.
+        check_every: epochs between held-out checks.
     """
 
     epochs: int = 200
@@ -143,12 +149,14 @@ class CalibrationConfig:
     augment: bool = True
     schedule: str = "cosine"
     seed: int = 0
+    holdout: int = 0
+    check_every: int = 10
 
     def __post_init__(self) -> None:
         def bad(name: str, value: object, expected: str) -> MixqError:
             return MixqError(f"calibration {name} must be {expected}, got {value!r}")
 
-        for name in ("epochs", "batch_size", "seed"):
+        for name in ("epochs", "batch_size", "seed", "holdout", "check_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise bad(name, value, "an integer")
@@ -156,6 +164,10 @@ class CalibrationConfig:
             raise bad("epochs", self.epochs, "at least 1")
         if self.batch_size < 1:
             raise bad("batch_size", self.batch_size, "at least 1")
+        if self.holdout < 0:
+            raise bad("holdout", self.holdout, "at least 0")
+        if self.check_every < 1:
+            raise bad("check_every", self.check_every, "at least 1")
         for name in ("lr", "momentum", "alpha", "beta", "weight_decay"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -187,14 +199,19 @@ class CalibrationResult:
     Attributes:
         history: mean training loss of each epoch.
         initial_loss: loss over all samples before the first update.
-        final_loss: loss over all samples after the last update.
+        final_loss: loss over all training samples with the weights kept.
         seconds: wall time.
+        holdout_history: ``(epoch, output MSE on the held-out samples)`` of every check (empty without a
+            holdout).
+        best_epoch: the epoch whose weights were kept (``epochs`` without a holdout; 0 = before training).
     """
 
     history: list[float] = field(default_factory=list)
     initial_loss: float = float("nan")
     final_loss: float = float("nan")
     seconds: float = 0.0
+    holdout_history: list[tuple[int, float]] = field(default_factory=list)
+    best_epoch: int = 0
 
 
 class _FeatureTap:
@@ -358,6 +375,55 @@ def _train_epoch(s: _Student, calib: torch.Tensor, bs: int, targets: _Targets, o
     return epoch_loss / n
 
 
+def _split_holdout(calib: torch.Tensor, config: CalibrationConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The training samples and the held-out ones (a draw seeded by ``config.seed``; None without a holdout)."""
+    if config.holdout == 0:
+        return calib, None
+    n = calib.shape[0]
+    if config.holdout >= n:
+        raise MixqError(f"calibration holdout must leave samples to train on: {config.holdout} held out of {n} "
+                        "calibration samples")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + 7919))
+    keep, hold = order[:n - config.holdout].sort().values, order[n - config.holdout:].sort().values
+    return calib[keep], calib[hold]
+
+
+class _HoldoutCheck:
+    """Output MSE against the float model on the held-out samples; keeps a copy of the best parameters."""
+
+    def __init__(self, s: _Student, x: torch.Tensor, params: list[nn.Parameter], bs: int) -> None:
+        self.s, self.x, self.params, self.bs = s, x, params, bs
+        with torch.no_grad(), s.qm.float_mode():
+            self.target = self._outputs()
+        self.best = float("inf")
+        self.best_epoch = 0
+        self.saved: list[torch.Tensor] = []
+
+    def _outputs(self) -> torch.Tensor:
+        outs = []
+        for i in range(0, self.x.shape[0], self.bs):
+            outs.append(self.s.qm(self.x[i:i + self.bs]))
+            if self.s.tap is not None:
+                self.s.tap.take(outs[-1].shape[0])  # not a training step: drop the tapped features
+        return torch.cat(outs)
+
+    def __call__(self, epoch: int) -> float:
+        with torch.no_grad():
+            mse = float(torch.mean((self._outputs() - self.target) ** 2))
+        if mse < self.best:
+            self.best, self.best_epoch = mse, epoch
+            self.saved = [p.detach().clone() for p in self.params]
+        return mse
+
+    def restore(self, layers: list[nn.Module]) -> None:
+        """Put the best check's weights, biases and grid scales back (the per-bit weight caches refresh)."""
+        with torch.no_grad():
+            for p, v in zip(self.params, self.saved, strict=True):
+                p.copy_(v)
+        for m in layers:
+            m.weight_quantizer.set_grids(m.weight_quantizer.grids)
+
+
 def calibrate(
     qm: QuantModel,
     calib: torch.Tensor,
@@ -387,6 +453,7 @@ def calibrate(
     if not calib.is_floating_point():
         raise MixqError(f"calibration data must be float (normalised), got dtype {calib.dtype}")
     start = time.perf_counter()
+    calib, held = _split_holdout(calib, config)
     bs = min(config.batch_size, calib.shape[0])
     layers = [qm.layers[name] for name in qm.layer_names]
     use_feats = config.features == "layers" and config.beta > 0
@@ -414,18 +481,27 @@ def calibrate(
                     params.append(m.weight_quantizer.freeze_grid(m.weight, method=config.grid_init))
         for p in params:
             p.requires_grad_(True)
+        check = None if held is None else _HoldoutCheck(student, held, params, bs)
+        if check is not None:
+            result.holdout_history.append((0, check(0)))
         opt, sched = _make_optimizer(params, config)
         gen = torch.Generator().manual_seed(config.seed)
         bar = progress_bar(range(config.epochs), enabled=progress, desc="calibrate", leave=False)
-        for _ in bar:
+        for epoch in bar:
             result.history.append(_train_epoch(student, calib, bs, targets, opt, gen, config))
             if sched is not None:
                 sched.step()
+            done = epoch + 1
+            if check is not None and (done % config.check_every == 0 or done == config.epochs):
+                result.holdout_history.append((done, check(done)))
             bar.set_postfix(loss=f"{result.history[-1]:.4g}")
         bar.close()
         for p in params:
             p.requires_grad_(False)
             p.grad = None
+        result.best_epoch = config.epochs if check is None else check.best_epoch
+        if check is not None and check.best_epoch != config.epochs:
+            check.restore(layers)
         result.final_loss = _dataset_loss(qm, calib, bs, student.tap, targets, config)
     finally:
         for p in params:

@@ -92,9 +92,12 @@ def run_signature(task: Task, options: RunOptions) -> dict[str, Any]:
     Returns:
         The signature (JSON-serialisable).
     """
+    calibration = asdict(options.calibration) if options.calibrate else None
+    if calibration is not None and calibration["holdout"] == 0:
+        # no holdout, no checks: leave both out, so runs made before the option existed still resume
+        del calibration["holdout"], calibration["check_every"]
     return {"task": task.identity(), "act_bits": options.act_bits, "weight_range": options.weight_range,
-            "budget": options.budget.to_dict(),
-            "calibrate": options.calibrate, "calibration": asdict(options.calibration) if options.calibrate else None,
+            "budget": options.budget.to_dict(), "calibrate": options.calibrate, "calibration": calibration,
             "evaluate_uniform": options.evaluate_uniform}
 
 
@@ -208,7 +211,8 @@ def _calibrate_and_save(qm: QuantModel, task: Task, options: RunOptions, out: Pa
     cal = calibrate(qm, task.calib, ccfg, progress=options.progress)
     part = {"quant_top1": task.top1(qm, progress=options.progress, desc="calibrated"),
             "calibration": {**asdict(ccfg), "seconds": cal.seconds, "loss_initial": cal.initial_loss,
-                            "loss_final": cal.final_loss}}
+                            "loss_final": cal.final_loss, "best_epoch": cal.best_epoch,
+                            "holdout_history": [list(h) for h in cal.holdout_history]}}
     save_calibrated(qm, out / "calibrated.pt")  # float weights and learned grids (weights_only=True)
     return part
 

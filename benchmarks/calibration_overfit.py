@@ -1,0 +1,125 @@
+"""Does feature calibration over-fit its 50 samples? Output error on the samples and on held-out images.
+
+For each finished headline run folder that kept its ``calibrated.pt`` (``results/headline/MODEL/ROW/seed-S``,
+written by ``benchmarks/headline.py`` or ``benchmarks/export_results.py`` on this machine), the run's
+quantized model is built twice, as searched (uncalibrated) and calibrated, and compared with the FP32
+model: output MSE on the run's 50 calibration samples (what calibration minimises) and on held-out images
+of the CIFAR-10 validation split (carved from train, disjoint from every calibration draw; never the test
+split), plus top-1 on those validation images. Calibration that lowers the samples' error but raises the
+held-out error is over-fitting.
+
+    python benchmarks/calibration_overfit.py headline/resnet18-jpeg/mixed-ilp-2.5/seed-0 \\
+        headline/shufflenetv2-x0.5/mixed-ilp-3.0/seed-0 [--n-val 2000]
+
+``--holdout H`` instead recalibrates the searched model with the run's calibration settings and H of its
+50 samples held out for early stopping (``CalibrationConfig.holdout``), and measures that model the same way
+(rows keyed ``RUN (holdout H)``).
+
+Rows go to ``results/calibration-overfit.json`` (merged by run folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from mixq.bits import BitConfig
+from mixq.evaluation.metrics import output_mse, predict
+from mixq.evaluation.task import load_task
+from mixq.evoq.calibrate import CalibrationConfig, calibrate
+from mixq.fileio import atomic_write_json
+from mixq.provenance import versions
+from mixq.quant.model import QuantModel, load_calibrated
+from mixq.reports.tables import grid_table
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+OUT = RESULTS / "calibration-overfit.json"
+
+
+def _val_outputs(model: torch.nn.Module, task, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    outs, labels = [], []
+    with torch.no_grad():
+        for x, y in task.test_batches(batch_size):
+            outs.append(model(x))
+            labels.append(y)
+    return torch.cat(outs), torch.cat(labels)
+
+
+def measure(run: str, n_val: int, batch_size: int, holdout: int = 0) -> dict:
+    """Uncalibrated vs calibrated against FP32, on the calibration samples and on validation images."""
+    folder = RESULTS / run
+    result = json.loads((folder / "result.json").read_text())
+    if holdout == 0 and not (folder / "calibrated.pt").is_file():
+        raise SystemExit(f"{run}: no calibrated.pt here (run benchmarks/export_results.py --only {run} first)")
+    task = load_task(result["model"], samples=int(result["samples"]), seed=int(result["seed"]), n_test=n_val,
+                     eval_split="val")
+    bits = BitConfig.load(folder / "config.json") if (folder / "config.json").is_file() else int(
+        result["uniform_bits"])
+    ref_calib = predict(task.model, task.calib)
+    ref_val, labels = _val_outputs(task.model, task, batch_size)
+    row = {"run": run if holdout == 0 else f"{run} (holdout {holdout})", "holdout": holdout,
+           "model": result["model"], "seed": result["seed"], "samples": result["samples"],
+           "val_images": len(labels), "fp32_val_top1": 100.0 * float((ref_val.argmax(1) == labels).float().mean())}
+    for name, calibrated in (("searched", False), ("calibrated", True)):
+        qm = QuantModel(task.model, calib=task.calib, act_bits=int(result.get("act_bits", 8)),
+                        weight_range=result.get("weight_range", "minmax"),
+                        channels_last=bool(result.get("channels_last", False)))
+        qm.set_bits(bits)
+        if calibrated and holdout:
+            names = {f.name for f in fields(CalibrationConfig)}
+            recorded = {k: v for k, v in result["calibration"].items() if k in names}
+            cal = calibrate(qm, task.calib, CalibrationConfig(**{**recorded, "holdout": holdout}), progress=False)
+            row["best_epoch"], row["holdout_history"] = cal.best_epoch, cal.holdout_history
+        elif calibrated:
+            load_calibrated(qm, folder / "calibrated.pt")
+        with torch.no_grad():
+            out_calib = predict(qm, task.calib)
+        out_val, _ = _val_outputs(qm, task, batch_size)
+        row[name] = {"calib_mse": output_mse(out_calib, ref_calib), "val_mse": output_mse(out_val, ref_val),
+                     "val_top1": 100.0 * float((out_val.argmax(1) == labels).float().mean())}
+    s, c = row["searched"], row["calibrated"]
+    row["calib_mse_ratio"] = c["calib_mse"] / s["calib_mse"]
+    row["val_mse_ratio"] = c["val_mse"] / s["val_mse"]
+    row["overfits"] = row["calib_mse_ratio"] < 1 <= row["val_mse_ratio"]
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table of the rows."""
+    body = [[r["run"], f"{r['searched']['calib_mse']:.4g} -> {r['calibrated']['calib_mse']:.4g}",
+             f"{r['searched']['val_mse']:.4g} -> {r['calibrated']['val_mse']:.4g}",
+             f"{r['fp32_val_top1']:.2f}", f"{r['searched']['val_top1']:.2f} -> {r['calibrated']['val_top1']:.2f}",
+             str(r["val_images"]), "yes" if r["overfits"] else "no",
+             str(r.get("best_epoch", "-"))] for r in rows]
+    return grid_table(["run", "output MSE, 50 samples (searched -> calibrated)",
+                       "output MSE, validation", "FP32 val top-1", "val top-1", "val images", "over-fits",
+                       "epoch kept"], body)
+
+
+def main() -> None:
+    """Entry point."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="*", help="run folders under results/ (none: only print the table)")
+    p.add_argument("--n-val", type=int, default=2000, help="validation images (class-balanced subset)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--holdout", type=int, default=0,
+                   help="recalibrate with this many of the samples held out for early stopping (0: the run's model)")
+    a = p.parse_args()
+    data = json.loads(OUT.read_text()) if OUT.is_file() else {"rows": []}
+    rows = {r["run"]: r for r in data["rows"]}
+    for run in a.runs:
+        row = measure(run, a.n_val, a.batch_size, a.holdout)
+        rows[row["run"]] = row
+        print(f"{run} done", flush=True)
+    data = {"rows": sorted(rows.values(), key=lambda r: r["run"]), "split": "CIFAR-10 validation (from train)",
+            "versions": versions()}
+    atomic_write_json(OUT, data)
+    print(table(data["rows"]))
+
+
+if __name__ == "__main__":
+    main()
