@@ -644,8 +644,8 @@ def test_holdout_keeps_the_best_checked_weights_and_records_every_check():
     cfg = CalibrationConfig(epochs=6, batch_size=4, lr=1e-3, holdout=4, check_every=2, augment=False, seed=1)
     r = calibrate(qm, x, cfg, progress=False)
     epochs = [e for e, _ in r.holdout_history]
-    assert epochs == [0, 2, 4, 6]
-    best_epoch, best = min(r.holdout_history, key=lambda h: h[1])
+    assert epochs == [-1, 0, 2, 4, 6]  # -1: the model as it came
+    best_epoch, best = min(reversed(r.holdout_history), key=lambda h: h[1])  # ties go to the incoming model
     assert r.best_epoch == best_epoch
     # the kept model's held-out error is the best check's, measured independently here
     from mixq.evoq.calibrate import _split_holdout
@@ -659,7 +659,8 @@ def test_holdout_keeps_the_best_checked_weights_and_records_every_check():
     assert len(r.history) == 6
 
 
-def test_holdout_stops_at_epoch_zero_when_training_only_hurts(monkeypatch):
+@pytest.mark.parametrize("learn_scale", [False, True])
+def test_holdout_undoes_calibration_when_training_only_hurts(monkeypatch, learn_scale):
     import torch
 
     import mixq.evoq.calibrate as cal
@@ -674,11 +675,17 @@ def test_holdout_stops_at_epoch_zero_when_training_only_hurts(monkeypatch):
         return 1.0
 
     monkeypatch.setattr(cal, "_train_epoch", sabotage)
-    cfg = cal.CalibrationConfig(epochs=4, batch_size=4, holdout=4, check_every=2, augment=False, learn_scale=False)
+    with torch.no_grad():
+        out_before = qm(x)
+    cfg = cal.CalibrationConfig(epochs=4, batch_size=4, holdout=4, check_every=2, augment=False,
+                                learn_scale=learn_scale)
     r = cal.calibrate(qm, x, cfg, progress=False)
-    assert r.best_epoch == 0
+    assert r.best_epoch == -1
     for n, m in qm.layers.items():
         assert torch.equal(m.weight, before[n])
+        assert m.weight_quantizer.grids == {}  # learned grids dropped with the rest
+    with torch.no_grad():
+        assert torch.equal(qm(x), out_before)
 
 
 def test_holdout_split_is_seeded_disjoint_and_complete():

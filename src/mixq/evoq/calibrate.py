@@ -128,8 +128,9 @@ class CalibrationConfig:
         holdout: calibration samples held out of training (a seeded draw) to check it: every
             ``check_every`` epochs (and before the first) the output MSE against the float model on them is
             measured, and the weights and grids of the best check are kept, so calibration that over-fits
-            its samples stops where the held-out error was lowest (0 = off: train on all samples and keep
-            the last epoch). The held-out samples are unlabelled calibration samples, never test images.
+            its samples stops where the held-out error was lowest; when no check beats the model as it came,
+            calibration is undone (0 = off: train on all samples and keep the last epoch). The held-out
+            samples are unlabelled calibration samples, never test images.
         check_every: epochs between held-out checks.
     """
 
@@ -203,7 +204,9 @@ class CalibrationResult:
         seconds: wall time.
         holdout_history: ``(epoch, output MSE on the held-out samples)`` of every check (empty without a
             holdout).
-        best_epoch: the epoch whose weights were kept (``epochs`` without a holdout; 0 = before training).
+        best_epoch: the epoch whose weights were kept (``epochs`` without a holdout; 0 = before training,
+            with the learned grids initialised; -1 = the model as it came: calibration was undone because no
+            check beat it on the held-out samples). Epoch -1 is also the first entry of ``holdout_history``.
     """
 
     history: list[float] = field(default_factory=list)
@@ -394,22 +397,14 @@ class _HoldoutCheck:
     def __init__(self, s: _Student, x: torch.Tensor, params: list[nn.Parameter], bs: int) -> None:
         self.s, self.x, self.params, self.bs = s, x, params, bs
         with torch.no_grad(), s.qm.float_mode():
-            self.target = self._outputs()
+            self.target = _held_outputs(s, x, bs)
         self.best = float("inf")
         self.best_epoch = 0
         self.saved: list[torch.Tensor] = []
 
-    def _outputs(self) -> torch.Tensor:
-        outs = []
-        for i in range(0, self.x.shape[0], self.bs):
-            outs.append(self.s.qm(self.x[i:i + self.bs]))
-            if self.s.tap is not None:
-                self.s.tap.take(outs[-1].shape[0])  # not a training step: drop the tapped features
-        return torch.cat(outs)
-
     def __call__(self, epoch: int) -> float:
         with torch.no_grad():
-            mse = float(torch.mean((self._outputs() - self.target) ** 2))
+            mse = float(torch.mean((_held_outputs(self.s, self.x, self.bs) - self.target) ** 2))
         if mse < self.best:
             self.best, self.best_epoch = mse, epoch
             self.saved = [p.detach().clone() for p in self.params]
@@ -422,6 +417,38 @@ class _HoldoutCheck:
                 p.copy_(v)
         for m in layers:
             m.weight_quantizer.set_grids(m.weight_quantizer.grids)
+
+
+class _Incoming:
+    """The model as calibration found it (weights, biases, frozen grids) and its held-out output MSE."""
+
+    def __init__(self, s: _Student, x: torch.Tensor, params: list[nn.Parameter], layers: list[nn.Module],
+                 bs: int) -> None:
+        self.params, self.layers = list(params), layers
+        self.saved = [p.detach().clone() for p in self.params]
+        self.grids = [dict(m.weight_quantizer.grids) for m in layers]
+        with torch.no_grad():
+            with s.qm.float_mode():
+                target = _held_outputs(s, x, bs)
+            self.mse = float(torch.mean((_held_outputs(s, x, bs) - target) ** 2))
+
+    def restore(self) -> None:
+        """Put the incoming weights, biases and grids back (the learned grids are dropped)."""
+        with torch.no_grad():
+            for p, v in zip(self.params, self.saved, strict=True):
+                p.copy_(v)
+        for m, g in zip(self.layers, self.grids, strict=True):
+            m.weight_quantizer.set_grids(g)
+
+
+def _held_outputs(s: _Student, x: torch.Tensor, bs: int) -> torch.Tensor:
+    """The student's outputs on held-out samples in batches; the tapped features are dropped (no training)."""
+    outs = []
+    for i in range(0, x.shape[0], bs):
+        outs.append(s.qm(x[i:i + bs]))
+        if s.tap is not None:
+            s.tap.take(outs[-1].shape[0])
+    return torch.cat(outs)
 
 
 def calibrate(
@@ -475,6 +502,9 @@ def calibrate(
             t = student.teacher
             student.t_tap = (_FeatureTap([t.layers[name] for name in t.layer_names], t.layer_names)
                              if use_feats else None)
+        incoming = None
+        if held is not None:  # the model as it came is a candidate too: calibration may only make it worse
+            incoming = _Incoming(student, held, params, layers, bs)
         if config.learn_scale:
             for m in layers:
                 if m.weight_quantizer.bits != FLOAT_BITS:
@@ -483,6 +513,7 @@ def calibrate(
             p.requires_grad_(True)
         check = None if held is None else _HoldoutCheck(student, held, params, bs)
         if check is not None:
+            result.holdout_history.append((-1, incoming.mse))
             result.holdout_history.append((0, check(0)))
         opt, sched = _make_optimizer(params, config)
         gen = torch.Generator().manual_seed(config.seed)
@@ -500,7 +531,10 @@ def calibrate(
             p.requires_grad_(False)
             p.grad = None
         result.best_epoch = config.epochs if check is None else check.best_epoch
-        if check is not None and check.best_epoch != config.epochs:
+        if check is not None and incoming.mse <= check.best:
+            incoming.restore()
+            result.best_epoch = -1
+        elif check is not None and check.best_epoch != config.epochs:
             check.restore(layers)
         result.final_loss = _dataset_loss(qm, calib, bs, student.tap, targets, config)
     finally:
