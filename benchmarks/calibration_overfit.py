@@ -11,6 +11,7 @@ held-out error is over-fitting.
     python benchmarks/calibration_overfit.py headline/resnet18-jpeg/mixed-ilp-2.5/seed-0 \\
         headline/shufflenetv2-x0.5/mixed-ilp-3.0/seed-0 [--n-val 2000]
 
+``--grid-init minmax`` recalibrates with another initial weight grid.
 ``--holdout H`` instead recalibrates the searched model with the run's calibration settings and H of its
 50 samples held out for early stopping (``CalibrationConfig.holdout``), and measures that model the same way
 (rows keyed ``RUN (holdout H)``).
@@ -34,7 +35,7 @@ from mixq.evoq.calibrate import CalibrationConfig, calibrate
 from mixq.fileio import atomic_write_json
 from mixq.provenance import versions
 from mixq.quant.model import QuantModel, load_calibrated
-from mixq.reports.tables import grid_table
+from mixq.reports.tables import grid_table, splice_between
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 OUT = RESULTS / "calibration-overfit.json"
@@ -49,11 +50,12 @@ def _val_outputs(model: torch.nn.Module, task, batch_size: int) -> tuple[torch.T
     return torch.cat(outs), torch.cat(labels)
 
 
-def measure(run: str, n_val: int, batch_size: int, holdout: int = 0) -> dict:
+def measure(run: str, n_val: int, batch_size: int, holdout: int = 0, grid_init: str | None = None) -> dict:
     """Uncalibrated vs calibrated against FP32, on the calibration samples and on validation images."""
     folder = RESULTS / run
     result = json.loads((folder / "result.json").read_text())
-    if holdout == 0 and not (folder / "calibrated.pt").is_file():
+    recal = holdout > 0 or grid_init is not None
+    if not recal and not (folder / "calibrated.pt").is_file():
         raise SystemExit(f"{run}: no calibrated.pt here (run benchmarks/export_results.py --only {run} first)")
     task = load_task(result["model"], samples=int(result["samples"]), seed=int(result["seed"]), n_test=n_val,
                      eval_split="val")
@@ -61,7 +63,8 @@ def measure(run: str, n_val: int, batch_size: int, holdout: int = 0) -> dict:
         result["uniform_bits"])
     ref_calib = predict(task.model, task.calib)
     ref_val, labels = _val_outputs(task.model, task, batch_size)
-    row = {"run": run if holdout == 0 else f"{run} (holdout {holdout})", "holdout": holdout,
+    tags = ([f"holdout {holdout}"] if holdout else []) + ([f"grid_init {grid_init}"] if grid_init else [])
+    row = {"run": f"{run} ({', '.join(tags)})" if tags else run, "holdout": holdout, "grid_init": grid_init,
            "model": result["model"], "seed": result["seed"], "samples": result["samples"],
            "val_images": len(labels), "fp32_val_top1": 100.0 * float((ref_val.argmax(1) == labels).float().mean())}
     for name, calibrated in (("searched", False), ("calibrated", True)):
@@ -69,10 +72,11 @@ def measure(run: str, n_val: int, batch_size: int, holdout: int = 0) -> dict:
                         weight_range=result.get("weight_range", "minmax"),
                         channels_last=bool(result.get("channels_last", False)))
         qm.set_bits(bits)
-        if calibrated and holdout:
+        if calibrated and recal:
             names = {f.name for f in fields(CalibrationConfig)}
             recorded = {k: v for k, v in result["calibration"].items() if k in names}
-            cal = calibrate(qm, task.calib, CalibrationConfig(**{**recorded, "holdout": holdout}), progress=False)
+            changes = {"holdout": holdout, **({"grid_init": grid_init} if grid_init else {})}
+            cal = calibrate(qm, task.calib, CalibrationConfig(**{**recorded, **changes}), progress=False)
             row["best_epoch"], row["holdout_history"] = cal.best_epoch, cal.holdout_history
         elif calibrated:
             load_calibrated(qm, folder / "calibrated.pt")
@@ -108,17 +112,23 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--holdout", type=int, default=0,
                    help="recalibrate with this many of the samples held out for early stopping (0: the run's model)")
+    p.add_argument("--grid-init", choices=["minmax", "omse", "aciq"],
+                   help="recalibrate with this initial weight grid instead of the run's (default: the run's model)")
+    p.add_argument("--readme", type=Path, help="write the table into this README between the markers")
     a = p.parse_args()
     data = json.loads(OUT.read_text()) if OUT.is_file() else {"rows": []}
     rows = {r["run"]: r for r in data["rows"]}
     for run in a.runs:
-        row = measure(run, a.n_val, a.batch_size, a.holdout)
+        row = measure(run, a.n_val, a.batch_size, a.holdout, a.grid_init)
         rows[row["run"]] = row
         print(f"{run} done", flush=True)
     data = {"rows": sorted(rows.values(), key=lambda r: r["run"]), "split": "CIFAR-10 validation (from train)",
             "versions": versions()}
     atomic_write_json(OUT, data)
-    print(table(data["rows"]))
+    text = table(data["rows"])
+    print(text)
+    if a.readme:
+        splice_between(a.readme, "<!-- calibration-overfit -->", text)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,8 @@ def table() -> str:
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for path in sorted(RESULTS.rglob("*.onnx.json")):
         r = json.loads(path.read_text())
+        if "export" not in r:  # written by `mixq export --verify` (e.g. results/pareto-study): its own format
+            continue
         v, e = r["verify"], r["export"]
         what = r.get("run") or f"{r['model']} uniform W{r['bits']}A8" + (
             f", {r['weight_type']} weights" if r.get("weight_type", "int") != "int" else "")
