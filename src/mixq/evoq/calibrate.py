@@ -394,10 +394,9 @@ def _split_holdout(calib: torch.Tensor, config: CalibrationConfig) -> tuple[torc
 class _HoldoutCheck:
     """Output MSE against the float model on the held-out samples; keeps a copy of the best parameters."""
 
-    def __init__(self, s: _Student, x: torch.Tensor, params: list[nn.Parameter], bs: int) -> None:
-        self.s, self.x, self.params, self.bs = s, x, params, bs
-        with torch.no_grad(), s.qm.float_mode():
-            self.target = _held_outputs(s, x, bs)
+    def __init__(self, s: _Student, x: torch.Tensor, target: torch.Tensor, params: list[nn.Parameter],
+                 bs: int) -> None:
+        self.s, self.x, self.target, self.params, self.bs = s, x, target, params, bs
         self.best = float("inf")
         self.best_epoch = 0
         self.saved: list[torch.Tensor] = []
@@ -412,9 +411,7 @@ class _HoldoutCheck:
 
     def restore(self, layers: list[nn.Module]) -> None:
         """Put the best check's weights, biases and grid scales back (the per-bit weight caches refresh)."""
-        with torch.no_grad():
-            for p, v in zip(self.params, self.saved, strict=True):
-                p.copy_(v)
+        _copy_into(self.params, self.saved)
         for m in layers:
             m.weight_quantizer.set_grids(m.weight_quantizer.grids)
 
@@ -429,16 +426,21 @@ class _Incoming:
         self.grids = [dict(m.weight_quantizer.grids) for m in layers]
         with torch.no_grad():
             with s.qm.float_mode():
-                target = _held_outputs(s, x, bs)
-            self.mse = float(torch.mean((_held_outputs(s, x, bs) - target) ** 2))
+                self.target = _held_outputs(s, x, bs)  # the float model's outputs, for every later check too
+            self.mse = float(torch.mean((_held_outputs(s, x, bs) - self.target) ** 2))
 
     def restore(self) -> None:
         """Put the incoming weights, biases and grids back (the learned grids are dropped)."""
-        with torch.no_grad():
-            for p, v in zip(self.params, self.saved, strict=True):
-                p.copy_(v)
+        _copy_into(self.params, self.saved)
         for m, g in zip(self.layers, self.grids, strict=True):
             m.weight_quantizer.set_grids(g)
+
+
+def _copy_into(params: list[nn.Parameter], saved: list[torch.Tensor]) -> None:
+    """Write saved values back into parameters in place (bumping their versions, so weight caches refresh)."""
+    with torch.no_grad():
+        for p, v in zip(params, saved, strict=True):
+            p.copy_(v)
 
 
 def _held_outputs(s: _Student, x: torch.Tensor, bs: int) -> torch.Tensor:
@@ -511,7 +513,7 @@ def calibrate(
                     params.append(m.weight_quantizer.freeze_grid(m.weight, method=config.grid_init))
         for p in params:
             p.requires_grad_(True)
-        check = None if held is None else _HoldoutCheck(student, held, params, bs)
+        check = None if held is None else _HoldoutCheck(student, held, incoming.target, params, bs)
         if check is not None:
             result.holdout_history.append((-1, incoming.mse))
             result.holdout_history.append((0, check(0)))
