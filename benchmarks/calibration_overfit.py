@@ -11,7 +11,8 @@ held-out error is over-fitting.
     python benchmarks/calibration_overfit.py headline/resnet18-jpeg/mixed-ilp-2.5/seed-0 \\
         headline/shufflenetv2-x0.5/mixed-ilp-3.0/seed-0 [--n-val 2000]
 
-``--grid-init minmax`` recalibrates with another initial weight grid.
+``--grid-init minmax`` recalibrates with another initial weight grid, ``--lr`` / ``--lr-scaling relative`` with
+another learning rate or its scaling by each tensor's size (rows keyed ``RUN (setting value, ...)``).
 ``--holdout H`` instead recalibrates the searched model with the run's calibration settings and H of its
 50 samples held out for early stopping (``CalibrationConfig.holdout``), and measures that model the same way
 (rows keyed ``RUN (holdout H)``).
@@ -50,11 +51,22 @@ def _val_outputs(model: torch.nn.Module, task, batch_size: int) -> tuple[torch.T
     return torch.cat(outs), torch.cat(labels)
 
 
-def measure(run: str, n_val: int, batch_size: int, holdout: int = 0, grid_init: str | None = None) -> dict:
-    """Uncalibrated vs calibrated against FP32, on the calibration samples and on validation images."""
+def measure(run: str, n_val: int, batch_size: int, changes: dict | None = None) -> dict:
+    """Uncalibrated vs calibrated against FP32, on the calibration samples and on validation images.
+
+    Args:
+        run: run folder under results/.
+        n_val: validation images.
+        batch_size: evaluation batch size.
+        changes: calibration settings that differ from the run's (empty: use the run's calibrated model).
+
+    Returns:
+        The row.
+    """
+    changes = dict(changes or {})
     folder = RESULTS / run
     result = json.loads((folder / "result.json").read_text())
-    recal = holdout > 0 or grid_init is not None
+    recal = bool(changes)
     if not recal and not (folder / "calibrated.pt").is_file():
         raise SystemExit(f"{run}: no calibrated.pt here (run benchmarks/export_results.py --only {run} first)")
     task = load_task(result["model"], samples=int(result["samples"]), seed=int(result["seed"]), n_test=n_val,
@@ -63,8 +75,8 @@ def measure(run: str, n_val: int, batch_size: int, holdout: int = 0, grid_init: 
         result["uniform_bits"])
     ref_calib = predict(task.model, task.calib)
     ref_val, labels = _val_outputs(task.model, task, batch_size)
-    tags = ([f"holdout {holdout}"] if holdout else []) + ([f"grid_init {grid_init}"] if grid_init else [])
-    row = {"run": f"{run} ({', '.join(tags)})" if tags else run, "holdout": holdout, "grid_init": grid_init,
+    tags = [f"{k} {v}" for k, v in changes.items()]
+    row = {"run": f"{run} ({', '.join(tags)})" if tags else run, **changes,
            "model": result["model"], "seed": result["seed"], "samples": result["samples"],
            "val_images": len(labels), "fp32_val_top1": 100.0 * float((ref_val.argmax(1) == labels).float().mean())}
     for name, calibrated in (("searched", False), ("calibrated", True)):
@@ -75,7 +87,6 @@ def measure(run: str, n_val: int, batch_size: int, holdout: int = 0, grid_init: 
         if calibrated and recal:
             names = {f.name for f in fields(CalibrationConfig)}
             recorded = {k: v for k, v in result["calibration"].items() if k in names}
-            changes = {"holdout": holdout, **({"grid_init": grid_init} if grid_init else {})}
             cal = calibrate(qm, task.calib, CalibrationConfig(**{**recorded, **changes}), progress=False)
             row["best_epoch"], row["holdout_history"] = cal.best_epoch, cal.holdout_history
         elif calibrated:
@@ -114,12 +125,17 @@ def main() -> None:
                    help="recalibrate with this many of the samples held out for early stopping (0: the run's model)")
     p.add_argument("--grid-init", choices=["minmax", "omse", "aciq"],
                    help="recalibrate with this initial weight grid instead of the run's (default: the run's model)")
+    p.add_argument("--lr", type=float, help="recalibrate with this learning rate")
+    p.add_argument("--lr-scaling", choices=["absolute", "relative"],
+                   help="recalibrate with this learning-rate scaling (relative: lr x each tensor's RMS)")
     p.add_argument("--readme", type=Path, help="write the table into this README between the markers")
     a = p.parse_args()
     data = json.loads(OUT.read_text()) if OUT.is_file() else {"rows": []}
     rows = {r["run"]: r for r in data["rows"]}
     for run in a.runs:
-        row = measure(run, a.n_val, a.batch_size, a.holdout, a.grid_init)
+        changes = {k: v for k, v in (("holdout", a.holdout), ("grid_init", a.grid_init), ("lr", a.lr),
+                                     ("lr_scaling", a.lr_scaling)) if v}
+        row = measure(run, a.n_val, a.batch_size, changes)
         rows[row["run"]] = row
         print(f"{run} done", flush=True)
     data = {"rows": sorted(rows.values(), key=lambda r: r["run"]), "split": "CIFAR-10 validation (from train)",

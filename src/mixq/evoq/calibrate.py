@@ -77,6 +77,7 @@ from mixq.quant.ranges import get_range_method
 OPTIMIZERS = ("sgd", "adam")
 FEATURES = ("layers", "output")
 SCHEDULES = ("constant", "cosine")
+LR_SCALINGS = ("absolute", "relative")
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -132,6 +133,10 @@ class CalibrationConfig:
             calibration is undone (0 = off: train on all samples and keep the last epoch). The held-out
             samples are unlabelled calibration samples, never test images.
         check_every: epochs between held-out checks.
+        lr_scaling: ``"absolute"``: every parameter steps with ``lr``; ``"relative"``: each tensor's learning rate
+            is ``lr`` times its own root-mean-square at the start (a layer's bias uses its weight's), so ``lr`` is
+            the step as a fraction of the parameter's size and a network with small weights (wide layers) is not
+            moved further, relative to its weights, than one with large weights.
     """
 
     epochs: int = 200
@@ -152,6 +157,7 @@ class CalibrationConfig:
     seed: int = 0
     holdout: int = 0
     check_every: int = 10
+    lr_scaling: str = "absolute"
 
     def __post_init__(self) -> None:
         def bad(name: str, value: object, expected: str) -> MixqError:
@@ -191,6 +197,8 @@ class CalibrationConfig:
             raise bad("schedule", self.schedule, f"one of {', '.join(SCHEDULES)}")
         if self.features not in FEATURES:
             raise bad("features", self.features, f"one of {', '.join(FEATURES)}")
+        if self.lr_scaling not in LR_SCALINGS:
+            raise bad("lr_scaling", self.lr_scaling, f"one of {', '.join(LR_SCALINGS)}")
 
 
 @dataclass
@@ -329,15 +337,33 @@ def _dataset_loss(qm: QuantModel, calib: torch.Tensor, bs: int, tap: _FeatureTap
     return total / n
 
 
+def _rms(t: torch.Tensor) -> float:
+    return float(t.detach().float().pow(2).mean().sqrt()) if t.numel() else 0.0
+
+
+def _param_groups(params: list[nn.Parameter], sizes: list[torch.Tensor], config: CalibrationConfig) -> list[dict]:
+    """One optimizer group per parameter; with relative scaling its rate is ``lr`` times the RMS of its size
+    reference (the parameter itself, or for a bias its layer's weight), floored so that a zero tensor still moves."""
+    if config.lr_scaling == "absolute":
+        return [{"params": params}]
+    rms = [_rms(s) for s in sizes]
+    floor = max(max(rms, default=0.0) * 1e-3, 1e-12)
+    return [{"params": [p], "lr": config.lr * max(r, floor)} for p, r in zip(params, rms, strict=True)]
+
+
 def _make_optimizer(
-    params: list[nn.Parameter], config: CalibrationConfig
+    params: list[nn.Parameter], sizes: list[torch.Tensor], config: CalibrationConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-    """The configured optimizer over ``params`` and its learning-rate schedule (None when constant)."""
+    """The configured optimizer over ``params`` and its learning-rate schedule (None when constant).
+
+    ``sizes[i]`` is the tensor whose RMS scales ``params[i]``'s learning rate under relative scaling.
+    """
+    groups = _param_groups(params, sizes, config)
     if config.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+            groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     else:
-        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        opt = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
              if config.schedule == "cosine" else None)
     return opt, sched
@@ -496,6 +522,7 @@ def calibrate(
     params: list[nn.Parameter] = [m.weight for m in layers]
     if config.train_bias:
         params += [m.bias for m in layers if m.bias is not None]
+    sizes = [m.weight for m in layers] + [m.weight for m in layers if m.bias is not None and config.train_bias]
     result = CalibrationResult()
     try:
         targets = _teacher_targets(qm, calib, bs, student.tap, config)
@@ -511,13 +538,14 @@ def calibrate(
             for m in layers:
                 if m.weight_quantizer.bits != FLOAT_BITS:
                     params.append(m.weight_quantizer.freeze_grid(m.weight, method=config.grid_init))
+                    sizes.append(params[-1])
         for p in params:
             p.requires_grad_(True)
         check = None if held is None else _HoldoutCheck(student, held, incoming.target, params, bs)
         if check is not None:
             result.holdout_history.append((-1, incoming.mse))
             result.holdout_history.append((0, check(0)))
-        opt, sched = _make_optimizer(params, config)
+        opt, sched = _make_optimizer(params, sizes, config)
         gen = torch.Generator().manual_seed(config.seed)
         bar = progress_bar(range(config.epochs), enabled=progress, desc="calibrate", leave=False)
         for epoch in bar:

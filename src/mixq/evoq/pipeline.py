@@ -96,6 +96,8 @@ def run_signature(task: Task, options: RunOptions) -> dict[str, Any]:
     if calibration is not None and calibration["holdout"] == 0:
         # no holdout, no checks: leave both out, so runs made before the option existed still resume
         del calibration["holdout"], calibration["check_every"]
+    if calibration is not None and calibration["lr_scaling"] == "absolute":
+        del calibration["lr_scaling"]  # the default before the option existed: older runs still resume
     return {"task": task.identity(), "act_bits": options.act_bits, "weight_range": options.weight_range,
             "budget": options.budget.to_dict(), "calibrate": options.calibrate, "calibration": calibration,
             "evaluate_uniform": options.evaluate_uniform}
