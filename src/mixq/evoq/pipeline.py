@@ -173,13 +173,14 @@ def _tables(qm: QuantModel, task: Task, signature: dict[str, Any], config: EvoQC
     t0 = time.perf_counter()
     table = _table(out / "sensitivity.json", sensitivity_signature(signature, qm.layer_names),
                    lambda: compute_sensitivity(qm, task.calib, bits=SENSITIVITY_BITS, progress=options.progress,
-                                               executor=executor))
+                                               executor=executor, prefix_mb=options.prefix_mb))
     act_table = None
     if config.act_choices:
         act_table = _table(out / "act_sensitivity.json",
                            sensitivity_signature(signature, qm.layer_names, config.act_choices),
                            lambda: compute_act_sensitivity(qm, task.calib, bits=config.act_choices,
-                                                           progress=options.progress, executor=executor))
+                                                           progress=options.progress, executor=executor,
+                                                           prefix_mb=options.prefix_mb))
     return table, act_table, time.perf_counter() - t0
 
 

@@ -27,6 +27,7 @@ from mixq.executor import Executor, SerialExecutor
 from mixq.fileio import atomic_write_json, atomic_write_text
 from mixq.quant.model import QuantModel
 from mixq.quant.primitives import FLOAT_BITS
+from mixq.quant.replay import PrefixCache
 
 
 @dataclass(frozen=True)
@@ -110,12 +111,43 @@ class SensitivityTable:
         atomic_write_json(d / f"{stem}.json", data)
 
 
+class _ReferencePrefix:
+    """Replays the reference pass (every weight in float) up to the measured layer, which is where a
+    one-layer configuration first differs from it: layer ``j``'s row then costs only the layers from ``j`` on.
+
+    Built lazily in the process that computes the rows (a pickled copy, as a Ray worker gets, starts empty).
+    """
+
+    def __init__(self, max_mb: float) -> None:
+        self.max_mb = max_mb
+        self.cache: PrefixCache | None = None
+
+    def __getstate__(self) -> dict:
+        return {"max_mb": self.max_mb, "cache": None}
+
+    @staticmethod
+    def _key(qm: QuantModel) -> tuple[int, ...]:
+        layers = [qm.layers[n] for n in qm.layer_names]
+        return (*(m.weight_quantizer.bits for m in layers), *(m.input_quantizer.bits for m in layers))
+
+    def output(self, qm: QuantModel, x: torch.Tensor) -> torch.Tensor:
+        """The model's output on ``x`` with the bits now set (equal to ``qm(x)``)."""
+        key = self._key(qm)
+        if self.cache is None:  # two reference passes: the first learns the execution order, the second is kept
+            n = len(qm.layer_names)
+            reference = (FLOAT_BITS,) * n + (qm.act_bits,) * n  # what set_bits(FLOAT_BITS) sets
+            self.cache = PrefixCache(qm, x, self.max_mb)
+            self.cache(reference)
+            self.cache(reference)
+        return self.cache(key, keep=False)
+
+
 @torch.no_grad()
-def _sensitivity_row(state: tuple[QuantModel, torch.Tensor, torch.Tensor, tuple[int, ...], int, str], j: int
-                     ) -> list[float]:
+def _sensitivity_row(state: tuple[QuantModel, torch.Tensor, torch.Tensor, tuple[int, ...], int, str,
+                                  _ReferencePrefix | None], j: int) -> list[float]:
     """Row ``j`` of the table (a work item of the executor): layer ``j``'s weight (or input) at each bit-width,
     every weight in float and every other input at the model's activation bits."""
-    qm, x, ref, bits, batch_size, what = state
+    qm, x, ref, bits, batch_size, what, prefix = state
     qm.set_bits(FLOAT_BITS)
     layer = qm.layers[qm.layer_names[j]]
     quantizer = layer.weight_quantizer if what == "weight" else layer.input_quantizer
@@ -123,7 +155,8 @@ def _sensitivity_row(state: tuple[QuantModel, torch.Tensor, torch.Tensor, tuple[
     row = []
     for b in bits:
         quantizer.bits = b
-        row.append(output_mse(predict(qm, x, batch_size), ref))
+        out = predict(qm, x, batch_size) if prefix is None else prefix.output(qm, x)
+        row.append(output_mse(out, ref))
     quantizer.bits = restore
     return row
 
@@ -137,6 +170,7 @@ def compute_sensitivity(
     progress: bool = True,
     executor: Executor | None = None,
     what: str = "weight",
+    prefix_mb: float = 2048.0,
 ) -> SensitivityTable:
     """Measure EvoQ's per-layer sensitivity table.
 
@@ -150,6 +184,9 @@ def compute_sensitivity(
             the model, the samples and the float reference go to the workers once and each worker
             computes whole rows; the table is the same as the serial one.
         what: ``"weight"`` (EvoQ eq. 4) or ``"act"`` (each layer's input instead; see the module docstring).
+        prefix_mb: memory (MiB) for the reference pass's layer outputs: row ``j`` replays them up to layer
+            ``j`` (:class:`~mixq.quant.replay.PrefixCache`; the same table bit for bit) instead of recomputing
+            the float prefix for every bit-width. 0, or more samples than ``batch_size``, turns it off.
 
     Returns:
         The :class:`SensitivityTable`.
@@ -164,7 +201,8 @@ def compute_sensitivity(
     try:
         qm.set_bits(FLOAT_BITS)
         ref = predict(qm, x, batch_size)
-        with (executor or SerialExecutor()).session((qm, x, ref, bits, batch_size, what)) as pool:
+        prefix = _ReferencePrefix(prefix_mb) if prefix_mb > 0 and x.shape[0] <= batch_size else None
+        with (executor or SerialExecutor()).session((qm, x, ref, bits, batch_size, what, prefix)) as pool:
             rows = pool.map(_sensitivity_row, list(range(len(names))), progress=progress,
                             desc="sensitivity" if what == "weight" else "act sensitivity")
     finally:
@@ -175,7 +213,7 @@ def compute_sensitivity(
 
 def compute_act_sensitivity(qm: QuantModel, x: torch.Tensor, bits: tuple[int, ...] = (4, 6, 8),
                             batch_size: int = 256, progress: bool = True,
-                            executor: Executor | None = None) -> SensitivityTable:
+                            executor: Executor | None = None, prefix_mb: float = 2048.0) -> SensitivityTable:
     """The activation table: output MSE with only layer ``j``'s input at ``b`` bits (module docstring).
 
     Args:
@@ -185,8 +223,9 @@ def compute_act_sensitivity(qm: QuantModel, x: torch.Tensor, bits: tuple[int, ..
         batch_size: forward batch size.
         progress: show a progress bar.
         executor: where the rows are computed.
+        prefix_mb: memory for replaying the reference pass (see :func:`compute_sensitivity`).
 
     Returns:
         The :class:`SensitivityTable` (its ``params`` are the layers' weight parameters).
     """
-    return compute_sensitivity(qm, x, bits, batch_size, progress, executor, what="act")
+    return compute_sensitivity(qm, x, bits, batch_size, progress, executor, what="act", prefix_mb=prefix_mb)

@@ -73,11 +73,13 @@ class PrefixCache:
         return best, best_k
 
     @torch.no_grad()
-    def __call__(self, bits: Sequence[int]) -> torch.Tensor:
+    def __call__(self, bits: Sequence[int], keep: bool = True) -> torch.Tensor:
         """The model output on the fixed inputs with these weight bits (layer order of ``qm.layer_names``).
 
         Args:
             bits: one weight bit-width per layer, optionally followed by one input bit-width per layer.
+            keep: store this pass for later configurations to replay (False: a one-off pass, e.g. a
+                sensitivity measurement, that would only push the passes worth keeping out of the store).
 
         Returns:
             The output, equal to ``qm.set_bits_tuple(bits); qm(x)``.
@@ -98,7 +100,7 @@ class PrefixCache:
             self._store.move_to_end(prefix)
             replay = self._store[prefix][0][:k]
         outputs, out = self._run(replay)
-        if outputs is not None:
+        if outputs is not None and keep:
             self._keep(key, outputs, out)
         return out
 
