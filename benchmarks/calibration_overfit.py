@@ -89,6 +89,7 @@ def measure(run: str, n_val: int, batch_size: int, changes: dict | None = None) 
             recorded = {k: v for k, v in result["calibration"].items() if k in names}
             cal = calibrate(qm, task.calib, CalibrationConfig(**{**recorded, **changes}), progress=False)
             row["best_epoch"], row["holdout_history"] = cal.best_epoch, cal.holdout_history
+            row["refit_epochs"] = cal.refit_epochs
         elif calibrated:
             load_calibrated(qm, folder / "calibrated.pt")
         with torch.no_grad():
@@ -125,6 +126,8 @@ def main() -> None:
                    help="recalibrate with this many of the samples held out for early stopping (0: the run's model)")
     p.add_argument("--grid-init", choices=["minmax", "omse", "aciq"],
                    help="recalibrate with this initial weight grid instead of the run's (default: the run's model)")
+    p.add_argument("--refit", action="store_true",
+                   help="with --holdout: choose the epochs on the held-out samples, then recalibrate on all of them")
     p.add_argument("--lr", type=float, help="recalibrate with this learning rate")
     p.add_argument("--lr-scaling", choices=["absolute", "relative"],
                    help="recalibrate with this learning-rate scaling (relative: lr x each tensor's RMS)")
@@ -133,8 +136,8 @@ def main() -> None:
     data = json.loads(OUT.read_text()) if OUT.is_file() else {"rows": []}
     rows = {r["run"]: r for r in data["rows"]}
     for run in a.runs:
-        changes = {k: v for k, v in (("holdout", a.holdout), ("grid_init", a.grid_init), ("lr", a.lr),
-                                     ("lr_scaling", a.lr_scaling)) if v}
+        changes = {k: v for k, v in (("holdout", a.holdout), ("refit", a.refit), ("grid_init", a.grid_init),
+                                     ("lr", a.lr), ("lr_scaling", a.lr_scaling)) if v}
         row = measure(run, a.n_val, a.batch_size, changes)
         rows[row["run"]] = row
         print(f"{run} done", flush=True)

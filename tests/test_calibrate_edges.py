@@ -782,3 +782,49 @@ def test_run_signature_leaves_out_the_default_lr_scaling_only():
     rel = run_signature(_Task(), RunOptions(budget=Budget(avg_bits=3.0),
                                             calibration=CalibrationConfig(lr_scaling="relative")))
     assert rel["calibration"]["lr_scaling"] == "relative"
+
+
+# -- refit: the holdout chooses, all samples train --------------------------------------------------------------
+
+
+def test_refit_trains_all_samples_for_the_chosen_epochs_from_the_model_as_it_came():
+    qm, x = _holdout_setup()
+    twin = copy.deepcopy(qm)
+    cfg = CalibrationConfig(epochs=6, batch_size=12, lr=1e-3, holdout=4, check_every=2, augment=False, seed=1,
+                            refit=True)
+    r = calibrate(qm, x, cfg, progress=False)
+    choice = calibrate(copy.deepcopy(twin), x, CalibrationConfig(**{**cfg.__dict__, "refit": False}),
+                       progress=False)
+    assert (r.best_epoch, r.holdout_history) == (choice.best_epoch, choice.holdout_history)
+    assert choice.best_epoch > 0  # this case trains (checked: the choice is not "as it came")
+    assert r.refit_epochs == choice.best_epoch and len(r.history) == choice.best_epoch
+    # the same as calibrating the incoming model on all 12 samples for that many epochs, no holdout
+    direct = CalibrationConfig(**{**cfg.__dict__, "holdout": 0, "refit": False, "epochs": choice.best_epoch})
+    calibrate(twin, x, direct, progress=False)
+    for n in qm.layer_names:
+        assert torch.equal(qm.layers[n].weight, twin.layers[n].weight), n
+    with torch.no_grad():
+        assert torch.equal(qm(x), twin(x))
+
+
+def test_refit_leaves_the_model_as_it_came_when_no_check_beats_it(monkeypatch):
+    qm, x = _holdout_setup()
+    before = {n: m.weight.detach().clone() for n, m in qm.layers.items()}
+
+    def sabotage(s, calib, bs, targets, opt, gen, config):
+        with torch.no_grad():
+            for m in s.qm.layers.values():
+                m.weight.add_(0.5 * torch.randn_like(m.weight))
+        return 1.0
+
+    monkeypatch.setattr(cal, "_train_epoch", sabotage)
+    r = calibrate(qm, x, CalibrationConfig(epochs=4, batch_size=4, holdout=4, check_every=2, augment=False,
+                                           refit=True), progress=False)
+    assert (r.best_epoch, r.refit_epochs) == (-1, 0)
+    for n, m in qm.layers.items():
+        assert torch.equal(m.weight, before[n])
+
+
+def test_refit_needs_a_holdout():
+    with pytest.raises(MixqError, match="refit needs held-out samples"):
+        CalibrationConfig(refit=True)

@@ -51,7 +51,8 @@ def _calibration(args: argparse.Namespace) -> CalibrationConfig:
     return CalibrationConfig(
         epochs=args.calib_epochs, lr=args.calib_lr, alpha=args.calib_alpha, beta=args.calib_beta,
         optimizer=args.calib_optimizer, augment=not args.calib_no_augment, batch_size=args.calib_batch_size,
-        seed=args.seed, holdout=args.calib_holdout,
+        seed=args.seed, holdout=args.calib_holdout, refit=args.calib_refit,
+        lr_scaling=args.calib_lr_scaling,
     )
 
 
@@ -178,6 +179,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="calibration samples held out of training: every 10 epochs the output error on them is "
                         "checked and the best weights kept, so calibration stops where it starts to over-fit its "
                         "samples (e.g. 10 of 50; default %(default)s = off)")
+    c.add_argument("--calib-refit", action="store_true",
+                   help="with --calib-holdout: use the held-out check only to choose the epochs (or no "
+                        "calibration), then calibrate again on all samples for that many epochs (twice the time)")
+    c.add_argument("--calib-lr-scaling", choices=["absolute", "relative"], default=CALIB_DEFAULTS.lr_scaling,
+                   help="relative: each tensor's learning rate is --calib-lr times its RMS, so wide layers with "
+                        "small weights move as far, relative to their size, as narrow ones (default %(default)s)")
     f = p.add_argument_group("Pareto front (--pareto): every budget in one run")
     f.add_argument("--pareto", choices=["bits", "mb", "bitops"],
                    help="search the non-dominated front of (output MSE, this cost) in one run instead of one budget; "

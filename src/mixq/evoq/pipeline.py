@@ -95,7 +95,7 @@ def run_signature(task: Task, options: RunOptions) -> dict[str, Any]:
     calibration = asdict(options.calibration) if options.calibrate else None
     if calibration is not None and calibration["holdout"] == 0:
         # no holdout, no checks: leave both out, so runs made before the option existed still resume
-        del calibration["holdout"], calibration["check_every"]
+        del calibration["holdout"], calibration["check_every"], calibration["refit"]
     if calibration is not None and calibration["lr_scaling"] == "absolute":
         del calibration["lr_scaling"]  # the default before the option existed: older runs still resume
     return {"task": task.identity(), "act_bits": options.act_bits, "weight_range": options.weight_range,
@@ -215,7 +215,8 @@ def _calibrate_and_save(qm: QuantModel, task: Task, options: RunOptions, out: Pa
     part = {"quant_top1": task.top1(qm, progress=options.progress, desc="calibrated"),
             "calibration": {**asdict(ccfg), "seconds": cal.seconds, "loss_initial": cal.initial_loss,
                             "loss_final": cal.final_loss, "best_epoch": cal.best_epoch,
-                            "holdout_history": [list(h) for h in cal.holdout_history]}}
+                            "holdout_history": [list(h) for h in cal.holdout_history],
+                            "refit_epochs": cal.refit_epochs}}
     save_calibrated(qm, out / "calibrated.pt")  # float weights and learned grids (weights_only=True)
     return part
 
