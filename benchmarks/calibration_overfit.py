@@ -27,6 +27,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mixq.bits import BitConfig
@@ -116,6 +117,39 @@ def table(rows: list[dict]) -> str:
                        "epoch kept"], body)
 
 
+def compare(rows: list[dict], tag: str) -> str:
+    """Markdown table: each run's default calibration against the same run recalibrated with ``tag``'s settings.
+
+    Args:
+        rows: the results file's rows.
+        tag: the settings as they appear in a row key, e.g. ``"lr 0.0025, lr_scaling relative"``.
+
+    Returns:
+        The table, with a last line giving the geometric mean of the validation-MSE ratios and the mean
+        validation top-1 difference over the runs that have both rows.
+    """
+    by_run = {r["run"]: r for r in rows}
+    body, ratios, diffs = [], [], []
+    for run, base in sorted(by_run.items()):
+        other = by_run.get(f"{run} ({tag})")
+        if other is None:
+            continue
+        b, o = base["calibrated"], other["calibrated"]
+        ratios.append(o["val_mse"] / b["val_mse"])
+        diffs.append(o["val_top1"] - b["val_top1"])
+        body.append([run, f"{base['searched']['val_mse']:.4g}", f"{b['val_mse']:.4g}", f"{o['val_mse']:.4g}",
+                     f"{ratios[-1]:.2f}", f"{base['searched']['val_top1']:.2f}", f"{b['val_top1']:.2f}",
+                     f"{o['val_top1']:.2f}"])
+    if not body:
+        return f"no run has both the default and the ({tag}) row"
+    gmean = float(np.exp(np.mean(np.log(ratios))))
+    text = grid_table(["run", "val MSE searched", "default", tag, "ratio", "val top-1 searched", "default", tag],
+                      body)
+    return (f"{text}\n\n{len(body)} runs: validation output MSE ratio ({tag} / default), geometric mean "
+            f"{gmean:.2f}; validation top-1 difference, mean {np.mean(diffs):+.2f} points "
+            f"[{min(diffs):+.2f}, {max(diffs):+.2f}]")
+
+
 def main() -> None:
     """Entry point."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,7 +165,10 @@ def main() -> None:
     p.add_argument("--lr", type=float, help="recalibrate with this learning rate")
     p.add_argument("--lr-scaling", choices=["absolute", "relative"],
                    help="recalibrate with this learning-rate scaling (relative: lr x each tensor's RMS)")
-    p.add_argument("--readme", type=Path, help="write the table into this README between the markers")
+    p.add_argument("--compare", metavar="TAG",
+                   help='also compare the default calibration with the rows of these settings, e.g. '
+                        '"lr 0.0025, lr_scaling relative" (README markers <!-- calibration-compare -->)')
+    p.add_argument("--readme", type=Path, help="write the table(s) into this README between the markers")
     a = p.parse_args()
     new = []
     for run in a.runs:
@@ -149,6 +186,11 @@ def main() -> None:
     print(text)
     if a.readme:
         splice_between(a.readme, "<!-- calibration-overfit -->", text)
+    if a.compare:
+        comparison = compare(data["rows"], a.compare)
+        print(comparison)
+        if a.readme:
+            splice_between(a.readme, "<!-- calibration-compare -->", comparison)
 
 
 if __name__ == "__main__":
