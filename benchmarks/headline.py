@@ -42,7 +42,7 @@ from mixq.bits import Budget  # noqa: E402
 from mixq.evaluation.task import load_task  # noqa: E402
 from mixq.evoq.bitsearch import EvoQConfig  # noqa: E402
 from mixq.evoq.calibrate import CalibrationConfig  # noqa: E402
-from mixq.evoq.pipeline import RunOptions, run_evoq, run_uniform  # noqa: E402
+from mixq.evoq.pipeline import RunOptions, recalibrate_run, run_evoq, run_uniform  # noqa: E402
 from mixq.fileio import atomic_write_json  # noqa: E402
 from mixq.reports.plots import panels  # noqa: E402
 from mixq.reports.tables import grid_table, seed_stats, splice_between  # noqa: E402
@@ -86,6 +86,18 @@ def run_mixed(model: str, target: float, seed: int, init: str) -> None:
         task = load_task(model, samples=50, seed=seed)
         run_evoq(task, _options(model, seed, Budget(avg_bits=target)), EvoQConfig(seed=seed, init=init), out)
         print(f"{model} mixed ({init} start) {target} seed {seed} done", flush=True)
+    else:
+        _recalibrate_stale(model, seed, out)
+
+
+def _recalibrate_stale(model: str, seed: int, out: Path) -> None:
+    """A finished run calibrated with settings other than today's defaults is calibrated again (search kept)."""
+    record = json.loads((out / "result.json").read_text())
+    wanted = CalibrationConfig(seed=seed)
+    if "calibration" in record and CalibrationConfig.from_record(record["calibration"]) != wanted:
+        r = recalibrate_run(load_task(model, samples=50, seed=seed), wanted, out)
+        print(f"{out.relative_to(OUT)} recalibrated: {r['previous_calibrations'][-1]['quant_top1']:.2f} -> "
+              f"{r['quant_top1']:.2f}", flush=True)
 
 
 def run_uni(model: str, bits: int, seed: int) -> None:
@@ -95,6 +107,8 @@ def run_uni(model: str, bits: int, seed: int) -> None:
         task = load_task(model, samples=50, seed=seed)
         run_uniform(task, bits, _options(model, seed, Budget(avg_bits=float(bits))), out)
         print(f"{model} uniform {bits} seed {seed} done", flush=True)
+    else:
+        _recalibrate_stale(model, seed, out)
 
 
 def _results(model: str, row: str) -> list[dict[str, Any]]:

@@ -167,7 +167,8 @@ def test_per_sample_without_batch_axis_raises(shape: tuple[int, ...], n: int) ->
 
 
 def _cfg(**kw: Any) -> CalibrationConfig:
-    base: dict[str, Any] = {"epochs": 2, "learn_scale": False, "augment": False, "schedule": "constant"}
+    base: dict[str, Any] = {"epochs": 2, "learn_scale": False, "augment": False, "schedule": "constant",
+                            "lr_scaling": "absolute"}
     return CalibrationConfig(**{**base, **kw})
 
 
@@ -402,24 +403,32 @@ def _calibrate_by_hand(qm: QuantModel, x: torch.Tensor, cfg: CalibrationConfig) 
     teacher = copy.deepcopy(qm) if cfg.augment else None
     t_logits, t_feats, scales = _targets(qm, x, cfg)
     params = [m.weight for m in layers]
+    refs = [m.weight for m in layers]  # the tensor whose RMS scales each parameter's rate (relative scaling)
     if cfg.train_bias:
         params += [m.bias for m in layers if m.bias is not None]
+        refs += [m.weight for m in layers if m.bias is not None]
     if cfg.learn_scale:
-        params += [m.weight_quantizer.freeze_grid(m.weight, method=cfg.grid_init) for m in layers
-                   if m.weight_quantizer.bits != FLOAT_BITS]
+        grids = [m.weight_quantizer.freeze_grid(m.weight, method=cfg.grid_init) for m in layers
+                 if m.weight_quantizer.bits != FLOAT_BITS]
+        params += grids
+        refs += grids
+    rms = [float(r.detach().double().pow(2).mean().sqrt()) for r in refs]
+    floor = max(max(rms) * 1e-3, 1e-12)
+    base = [cfg.lr * max(r, floor) if cfg.lr_scaling == "relative" else cfg.lr for r in rms]
     for p in params:
         p.requires_grad_(True)
+    groups = [{"params": [p]} for p in params]
     if cfg.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                                      weight_decay=cfg.weight_decay)
     else:
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     history = []
     for epoch in range(cfg.epochs):
-        lr = cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2 if cfg.schedule == "cosine" else cfg.lr
-        for g in opt.param_groups:
-            g["lr"] = lr
+        factor = (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2 if cfg.schedule == "cosine" else 1.0
+        for g, b in zip(opt.param_groups, base, strict=True):
+            g["lr"] = b * factor
         order = torch.randperm(n, generator=gen) if bs < n else torch.arange(n)
         total = 0.0
         for i in range(0, n, bs):
@@ -477,7 +486,7 @@ def test_shuffled_batches_match_the_hand_loop() -> None:
     """n=10 in batches of 4 (4, 4, 2), shuffled by the seeded generator, features and biases trained."""
     qm, x = _conv_setup(10)
     cfg = CalibrationConfig(epochs=3, lr=1e-3, batch_size=4, learn_scale=False, augment=False, schedule="constant",
-                            seed=4)
+                            seed=4, lr_scaling="absolute")
     torch.manual_seed(123)
     _compare_with_hand_loop(qm, x, cfg)
 
@@ -485,7 +494,16 @@ def test_shuffled_batches_match_the_hand_loop() -> None:
 def test_augmented_full_batch_with_learned_scale_matches_the_hand_loop() -> None:
     """batch_size >= n: one unshuffled batch per epoch, so the generator feeds the augmentation alone."""
     qm, x = _conv_setup(10)
-    cfg = CalibrationConfig(epochs=3, lr=1e-3, batch_size=16, augment=True, schedule="cosine", seed=2)
+    cfg = CalibrationConfig(epochs=3, lr=1e-3, batch_size=16, augment=True, schedule="cosine", seed=2,
+                            lr_scaling="absolute")
+    _compare_with_hand_loop(qm, x, cfg)
+
+
+def test_relative_rates_with_learned_scale_match_the_hand_loop() -> None:
+    """The default (relative) scaling: each weight, bias (its weight's RMS) and grid scale at its own rate."""
+    qm, x = _conv_setup(10)
+    cfg = CalibrationConfig(epochs=3, batch_size=4, augment=True, schedule="cosine", seed=5)
+    assert cfg.lr_scaling == "relative"
     _compare_with_hand_loop(qm, x, cfg)
 
 
@@ -493,7 +511,7 @@ def test_augmented_sgd_batches_match_the_hand_loop() -> None:
     qm, x = _conv_setup(10)
     cfg = CalibrationConfig(epochs=2, lr=1e-2, optimizer="sgd", momentum=0.8, weight_decay=1e-3, batch_size=10,
                             augment=True, learn_scale=False, schedule="constant", normalize_features=False, seed=1,
-                            alpha=0.5, beta=2.0)
+                            alpha=0.5, beta=2.0, lr_scaling="absolute")
     _compare_with_hand_loop(qm, x, cfg)
 
 
@@ -502,7 +520,7 @@ def test_layer_skipped_by_a_batch_gets_no_adam_step() -> None:
     qm = _quant(_Branchy())
     x = torch.randn(5, 4, generator=torch.Generator().manual_seed(3))  # 2-D inputs are accepted
     cfg = CalibrationConfig(epochs=3, lr=1e-2, batch_size=3, features="output", learn_scale=False, augment=False,
-                            schedule="constant", seed=0)
+                            schedule="constant", seed=0, lr_scaling="absolute")
     _compare_with_hand_loop(qm, x, cfg)
 
 
@@ -768,7 +786,7 @@ def test_relative_lr_calibration_reduces_the_loss_and_its_step_follows_each_laye
     assert r.final_loss < 0.85 * r.initial_loss  # measured 0.76 (absolute lr 3e-4: 0.66)
 
 
-def test_run_signature_leaves_out_the_default_lr_scaling_only():
+def test_run_signature_leaves_out_absolute_lr_scaling_only():
     from mixq.evoq.pipeline import RunOptions, run_signature
 
     class _Task:
@@ -777,10 +795,10 @@ def test_run_signature_leaves_out_the_default_lr_scaling_only():
 
     from mixq.bits import Budget
 
-    base = run_signature(_Task(), RunOptions(budget=Budget(avg_bits=3.0)))
-    assert "lr_scaling" not in base["calibration"]
-    rel = run_signature(_Task(), RunOptions(budget=Budget(avg_bits=3.0),
-                                            calibration=CalibrationConfig(lr_scaling="relative")))
+    old = run_signature(_Task(), RunOptions(budget=Budget(avg_bits=3.0),
+                                            calibration=CalibrationConfig(lr=3e-4, lr_scaling="absolute")))
+    assert "lr_scaling" not in old["calibration"]  # the setting before the option existed: old runs resume
+    rel = run_signature(_Task(), RunOptions(budget=Budget(avg_bits=3.0)))
     assert rel["calibration"]["lr_scaling"] == "relative"
 
 

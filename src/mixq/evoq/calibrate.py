@@ -62,7 +62,9 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +80,8 @@ OPTIMIZERS = ("sgd", "adam")
 FEATURES = ("layers", "output")
 SCHEDULES = ("constant", "cosine")
 LR_SCALINGS = ("absolute", "relative")
+#: what a calibration record without the key was made with (the option's value before it existed)
+LEGACY_DEFAULTS: dict[str, Any] = {"lr_scaling": "absolute", "holdout": 0, "check_every": 10, "refit": False}
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -144,7 +148,7 @@ class CalibrationConfig:
     """
 
     epochs: int = 200
-    lr: float = 3e-4
+    lr: float = 2.5e-3
     momentum: float = 0.9
     alpha: float = 1.0
     beta: float = 1.0
@@ -162,7 +166,30 @@ class CalibrationConfig:
     holdout: int = 0
     check_every: int = 10
     refit: bool = False
-    lr_scaling: str = "absolute"
+    lr_scaling: str = "relative"
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> CalibrationConfig:
+        """The settings a result file's ``"calibration"`` record was made with.
+
+        A record written before an option existed lacks its key; it then means the value the option had
+        before it existed (:data:`LEGACY_DEFAULTS`: absolute learning rates, no holdout), not today's default.
+        Keys that are not settings (``seconds``, ``loss_final``, ...) are ignored.
+
+        Args:
+            record: the ``"calibration"`` dict of a ``result.json``.
+
+        Returns:
+            The configuration.
+
+        Raises:
+            MixqError: the record is not a dict, lacks ``lr``, or holds a value the configuration refuses.
+        """
+        if not isinstance(record, Mapping) or "lr" not in record:
+            raise MixqError(f"a calibration record must be a dict with the run's settings (lr, epochs, ...), "
+                            f"got {str(record)[:80]!r}")
+        names = {f.name for f in fields(cls)}
+        return cls(**{**LEGACY_DEFAULTS, **{k: v for k, v in record.items() if k in names}})
 
     def __post_init__(self) -> None:
         def bad(name: str, value: object, expected: str) -> MixqError:

@@ -36,7 +36,7 @@ from mixq.evoq.calibrate import CalibrationConfig, calibrate
 from mixq.evoq.pareto import METHODS, pareto_search, sweep_search
 from mixq.evoq.sensitivity import SensitivityTable, compute_act_sensitivity, compute_sensitivity
 from mixq.executor import Executor, SerialExecutor
-from mixq.fileio import atomic_write_json, check_signature, locked, remove_files
+from mixq.fileio import atomic_write_json, check_signature, locked, remove_files, signature_diffs
 from mixq.pareto import thin
 from mixq.paths import output_folder
 from mixq.provenance import versions
@@ -92,15 +92,28 @@ def run_signature(task: Task, options: RunOptions) -> dict[str, Any]:
     Returns:
         The signature (JSON-serialisable).
     """
-    calibration = asdict(options.calibration) if options.calibrate else None
-    if calibration is not None and calibration["holdout"] == 0:
-        # no holdout, no checks: leave both out, so runs made before the option existed still resume
-        del calibration["holdout"], calibration["check_every"], calibration["refit"]
-    if calibration is not None and calibration["lr_scaling"] == "absolute":
-        del calibration["lr_scaling"]  # the default before the option existed: older runs still resume
+    calibration = calibration_signature(options.calibration) if options.calibrate else None
     return {"task": task.identity(), "act_bits": options.act_bits, "weight_range": options.weight_range,
             "budget": options.budget.to_dict(), "calibrate": options.calibrate, "calibration": calibration,
             "evaluate_uniform": options.evaluate_uniform}
+
+
+def calibration_signature(config: CalibrationConfig) -> dict[str, Any]:
+    """The calibration part of a run signature: the settings, less those at the value they had before they existed.
+
+    Args:
+        config: the calibration settings.
+
+    Returns:
+        ``asdict(config)`` without ``holdout``/``check_every``/``refit`` when there is no holdout and without
+        ``lr_scaling`` when it is ``"absolute"``, so runs made before those options existed still resume.
+    """
+    calibration = asdict(config)
+    if calibration["holdout"] == 0:
+        del calibration["holdout"], calibration["check_every"], calibration["refit"]
+    if calibration["lr_scaling"] == "absolute":
+        del calibration["lr_scaling"]
+    return calibration
 
 
 def sensitivity_signature(run: dict[str, Any], layers: list[str], bits: tuple[int, ...] = SENSITIVITY_BITS
@@ -208,11 +221,10 @@ def check_feasible(qm: QuantModel, budget: Budget, min_bits: int) -> None:
         )
 
 
-def _calibrate_and_save(qm: QuantModel, task: Task, options: RunOptions, out: Path) -> dict:
+def _calibrate_and_save(qm: QuantModel, task: Task, ccfg: CalibrationConfig, progress: bool, out: Path) -> dict:
     """Feature calibration of the searched model, its top-1 and ``calibrated.pt``; returns the record part."""
-    ccfg = options.calibration
-    cal = calibrate(qm, task.calib, ccfg, progress=options.progress)
-    part = {"quant_top1": task.top1(qm, progress=options.progress, desc="calibrated"),
+    cal = calibrate(qm, task.calib, ccfg, progress=progress)
+    part = {"quant_top1": task.top1(qm, progress=progress, desc="calibrated"),
             "calibration": {**asdict(ccfg), "seconds": cal.seconds, "loss_initial": cal.initial_loss,
                             "loss_final": cal.final_loss, "best_epoch": cal.best_epoch,
                             "holdout_history": [list(h) for h in cal.holdout_history],
@@ -339,7 +351,7 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
         record["uniform_bitops"] = cost.bitops(uniform_bits)
         qm.set_bits(result.config)
     if options.calibrate:
-        record.update(_calibrate_and_save(qm, task, options, out))
+        record.update(_calibrate_and_save(qm, task, options.calibration, options.progress, out))
     else:
         record["quant_top1"] = search_top1
     record["total_seconds"] = time.perf_counter() - t_start
@@ -405,11 +417,113 @@ def run_uniform(task: Task, bits: int, options: RunOptions, out: str | os.PathLi
             "executor": executor.describe(), "signature": signature, "versions": versions(),
         }
         if options.calibrate:
-            record.update(_calibrate_and_save(qm, task, options, out))
+            record.update(_calibrate_and_save(qm, task, options.calibration, options.progress, out))
         else:
             record["quant_top1"] = top1
         record["total_seconds"] = time.perf_counter() - t_start
         atomic_write_json(done, record)
+        return record
+
+
+#: the searched (or uniform) top-1 a rebuilt model may differ from its record by (points): float rounding flips
+#: a prediction now and then (one image of EfficientNet-Lite0's 950 is 0.105 points)
+REBUILD_TOLERANCE = 0.25
+
+
+def _read_result(out: Path) -> dict[str, Any]:
+    path = out / "result.json"
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MixqError(f"{str(out)!r} holds no finished run (no result.json): run it first") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MixqError(f"cannot read run result {str(path)!r}: {exc}") from None
+    if not isinstance(record, dict) or "quant_top1" not in record:
+        raise MixqError(f"{str(path)!r} is not a finished mixq run result (no quant_top1)")
+    return record
+
+
+def _run_bits(record: dict[str, Any], out: Path) -> BitConfig | int:
+    """The bit configuration a result was measured with: a mixed run's per-layer bits or a uniform width."""
+    if "bits" in record:  # a mixed run: its layers, weight bits and activation bits
+        try:
+            layers, bits, acts = record["layers"], record["bits"], record.get("input_bits")
+            act_bits = record.get("act_bits", 8)
+            return BitConfig(dict(zip(layers, bits, strict=True)),
+                             {n: a for n, a in zip(layers, acts or [], strict=False) if a != act_bits})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MixqError(f"run result {str(out / 'result.json')!r} has no usable layers/bits: {exc}") from None
+    if "uniform_bits" in record:
+        return int(record["uniform_bits"])
+    raise MixqError(f"run result {str(out / 'result.json')!r} names no bit configuration (bits or uniform_bits)")
+
+
+def _check_task(record: dict[str, Any], task: Task, out: Path) -> None:
+    """Refuse a task other than the run's: another model, sample count, seed or test split."""
+    wanted = {"model": record.get("model"), "samples": record.get("samples"), "n_test": record.get("n_test"),
+              "seed": record.get("seed")}
+    got = {"model": task.name, "samples": int(task.calib.shape[0]), "n_test": len(task.test), "seed": task.seed}
+    diffs = [f"{k}: run {wanted[k]!r}, task {got[k]!r}" for k in wanted if wanted[k] != got[k]]
+    saved = record.get("signature", {}).get("task")
+    if isinstance(saved, dict):
+        diffs += signature_diffs(saved, task.identity())
+    if diffs:
+        raise MixqError(f"the task is not the one run {str(out)!r} was made with: " + "; ".join(diffs[:5]))
+
+
+def recalibrate_run(task: Task, calibration: CalibrationConfig, out: str | os.PathLike, progress: bool = False,
+                    executor: Executor | None = None) -> dict:
+    """Feature-calibrate a finished run's configuration again, with other calibration settings.
+
+    The searched (or uniform) bit configuration of ``out/result.json`` is rebuilt on the task's model,
+    checked against the recorded top-1 before calibration, calibrated with ``calibration`` and evaluated;
+    ``result.json`` and ``calibrated.pt`` are rewritten, the earlier calibration's settings and top-1 are kept
+    in ``previous_calibrations``. The search is not repeated: a calibration default can change without
+    re-searching. A run already calibrated with ``calibration`` is returned as it is.
+
+    Args:
+        task: the run's task (same model, samples, seed and test split: checked).
+        calibration: the new calibration settings.
+        out: the finished run's folder (:func:`run_evoq` or :func:`run_uniform`; locked while it works).
+        progress: show progress bars.
+        executor: its local device runs the calibration and evaluation (default: this process, CPU).
+
+    Returns:
+        The updated ``result.json`` dict.
+
+    Raises:
+        MixqError: ``out`` holds no finished run, the task is not the run's, or the rebuilt model does not
+            reproduce the recorded top-1 (another checkpoint or data than the run's).
+    """
+    out = Path(out)
+    with locked(out):
+        record = _read_result(out)
+        if "calibration" in record and CalibrationConfig.from_record(record["calibration"]) == calibration:
+            return record
+        _check_task(record, task, out)
+        bits = _run_bits(record, out)
+        t_start = time.perf_counter()
+        task = _on_device(task, executor or SerialExecutor())
+        qm = QuantModel(task.model, calib=task.calib, act_bits=int(record.get("act_bits", 8)),
+                        weight_range=record.get("weight_range", "minmax"),
+                        channels_last=bool(record.get("channels_last", False)))
+        qm.set_bits(bits)
+        before_key = "search_top1" if "bits" in record else "uncalibrated_top1"
+        before = task.top1(qm, progress=progress, desc="rebuilt")
+        if abs(before - record[before_key]) > REBUILD_TOLERANCE:
+            raise MixqError(f"the rebuilt model of {str(out)!r} reaches {before:.2f} % top-1 before calibration, the "
+                            f"run recorded {record[before_key]:.2f} %: another checkpoint, data or quantizer than "
+                            "the run's; not recalibrated")
+        previous = {"quant_top1": record["quant_top1"], "calibration": record.get("calibration")}
+        old_seconds = float((record.get("calibration") or {}).get("seconds", 0.0))
+        record.update(_calibrate_and_save(qm, task, calibration, progress, out))
+        record["previous_calibrations"] = [*record.get("previous_calibrations", []), previous]
+        record["recalibration_versions"] = versions()
+        if isinstance(record.get("signature"), dict) and record["signature"].get("calibrate"):
+            record["signature"]["calibration"] = calibration_signature(calibration)
+        if "total_seconds" in record:  # the run as if made with these settings: search as it was, this calibration
+            record["total_seconds"] += time.perf_counter() - t_start - old_seconds
+        atomic_write_json(out / "result.json", record)
         return record
 
 
