@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +86,8 @@ def measure(run: str, n_val: int, batch_size: int, changes: dict | None = None) 
                         channels_last=bool(result.get("channels_last", False)))
         qm.set_bits(bits)
         if calibrated and recal:
-            names = {f.name for f in fields(CalibrationConfig)}
-            recorded = {k: v for k, v in result["calibration"].items() if k in names}
-            cal = calibrate(qm, task.calib, CalibrationConfig(**{**recorded, **changes}), progress=False)
+            recorded = CalibrationConfig.from_record(result["calibration"])
+            cal = calibrate(qm, task.calib, replace(recorded, **changes), progress=False)
             row["best_epoch"], row["holdout_history"] = cal.best_epoch, cal.holdout_history
             row["refit_epochs"] = cal.refit_epochs
         elif calibrated:

@@ -1,6 +1,7 @@
 """recalibrate_run: a finished run calibrated again with other settings, without searching again."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -99,3 +100,21 @@ def test_calibration_record_without_newer_keys_means_their_old_values():
         CalibrationConfig.from_record([1, 2])
     with pytest.raises(MixqError, match="calibration lr"):
         CalibrationConfig.from_record({**record, "lr": -1.0})
+
+
+def test_cli_recalibrates_a_run_folder_and_names_bad_input(tmp_path, capsys):
+    from mixq.cli import main
+
+    small = load_task("resnet20-jpeg", samples=16, seed=2, n_test=60)
+    old = run_uniform(small, 4, _options(replace(OLD, seed=2)), tmp_path / "u4")
+    assert main(["recalibrate", str(tmp_path / "u4"), "--calib-epochs", "2", "--calib-batch-size", "8",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    r = json.loads((tmp_path / "u4" / "result.json").read_text())
+    assert r["calibration"]["epochs"] == 2 and r["calibration"]["seed"] == 2  # the run's seed
+    assert f"{old['quant_top1']:8.2f}" in out and f"{r['quant_top1']:8.2f}" in out
+    assert main(["recalibrate", str(tmp_path / "missing")]) == 2
+    assert "holds no result.json" in capsys.readouterr().err
+    (tmp_path / "u4" / "result.json").write_text("[]")
+    assert main(["recalibrate", str(tmp_path / "u4")]) == 2
+    assert "is not a mixq run result" in capsys.readouterr().err

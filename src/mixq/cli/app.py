@@ -19,6 +19,7 @@ from mixq.cli import eval as eval_cmds
 from mixq.cli import evoq as evoq_cmds
 from mixq.cli import export as export_cmds
 from mixq.cli import proxies as proxies_cmds
+from mixq.cli import recalibrate as recalibrate_cmds
 from mixq.cli.common import EPILOG_DATA
 from mixq.errors import MixqError
 
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on bad input, show the full traceback instead of one error line (also $MIXQ_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    for module in (eval_cmds, evoq_cmds, bench_cmds, proxies_cmds, allocate_cmds, emq_cmds, export_cmds):
+    for module in (eval_cmds, evoq_cmds, recalibrate_cmds, bench_cmds, proxies_cmds, allocate_cmds, emq_cmds,
+                   export_cmds):
         module.add_commands(sub)
     return parser
 
