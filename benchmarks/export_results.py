@@ -20,7 +20,6 @@ import argparse
 import json
 import time
 import warnings
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -50,8 +49,7 @@ def _calibration_of(result: dict) -> CalibrationConfig:
     rec = result.get("calibration")
     if rec is None:
         return CalibrationConfig(seed=int(result.get("seed", 0)))
-    names = {f.name for f in fields(CalibrationConfig)}
-    return CalibrationConfig(**{k: v for k, v in rec.items() if k in names})
+    return CalibrationConfig.from_record(rec)  # keys a record lacks mean their values before they existed
 
 
 def _verify(qm: QuantModel, task, onnx_path: Path, record: dict, batch_size: int, weight_type: str = "int") -> dict:

@@ -135,10 +135,19 @@ def summarise(models: list[str]) -> dict[str, Any]:
                          "before": seed_stats([r[before] for r in rs]),
                          "after": seed_stats([r["quant_top1"] for r in rs]),
                          "seconds": seed_stats([r["total_seconds"] for r in rs]),
+                         "stale_calibration": sorted(r["seed"] for r in rs if not _current(r)),
+                         "after_earlier": seed_stats([r["previous_calibrations"][0]["quant_top1"] for r in rs
+                                                      if r.get("previous_calibrations")]),
                          "n_test": rs[0]["n_test"], "test_split": rs[0]["test_split"]})
         if rows:
             summary["models"][model] = rows
     return summary
+
+
+def _current(record: dict[str, Any]) -> bool:
+    """Whether a run was calibrated with today's default settings (those of its seed)."""
+    return "calibration" in record and (
+        CalibrationConfig.from_record(record["calibration"]) == CalibrationConfig(seed=record["seed"]))
 
 
 def _goal(model: str, row: dict[str, Any]) -> str:
@@ -185,14 +194,34 @@ def tables(summary: dict[str, Any]) -> str:
             else:
                 label = f"EvoQ mixed ({INIT_LABEL[r['init']]}), target {r['value']}"
                 note, gain = _goal(model, r), _gain(by_name, r)
+            after = _spread(r["after"]) + (" †" if r.get("stale_calibration") else "")
             lines.append([label, f"{r['avg_bits']['mean']:.3f}", f"{r['size_mb']['mean']:.4f}", _spread(r["before"]),
-                          _spread(r["after"]), "; ".join(x for x in (gain, note) if x), str(len(r["seeds"]))])
+                          after, "; ".join(x for x in (gain, note) if x), str(len(r["seeds"]))])
         head = (f"**{model}**: FP32 {_spread(fp32)} on {rows[0]['n_test']} images ({rows[0]['test_split']}); "
                 "50 calibration images per seed")
-        parts.append(head + "\n\n" + grid_table(
-            ["configuration", "avg bits", "weights MB", "top-1 before calibration", "top-1 calibrated",
-             "mixed - uniform (calibrated); goal", "seeds"], lines))
+        table = grid_table(["configuration", "avg bits", "weights MB", "top-1 before calibration", "top-1 calibrated",
+                            "mixed - uniform (calibrated); goal", "seeds"], lines)
+        if any(r.get("stale_calibration") for r in rows):
+            table += ("\n\n† some seeds still calibrated with the earlier default (absolute learning rate 3e-4); "
+                      "`python benchmarks/headline.py` recalibrates them")
+        parts.append(head + "\n\n" + table)
     return "\n\n".join(parts) if parts else "(no finished runs yet)"
+
+
+def calibration_change(summary: dict[str, Any]) -> str:
+    """Per row: top-1 with the earlier calibration default against today's, over the seeds that have both."""
+    body = []
+    for model, rows in summary["models"].items():
+        for r in rows:
+            e = r.get("after_earlier")
+            if e is None or r.get("stale_calibration"):
+                continue
+            body.append([model, r["row"], str(e["n"]), _spread(r["before"]), _spread(e), _spread(r["after"]),
+                         f"{r['after']['mean'] - e['mean']:+.2f}"])
+    if not body:
+        return "(no row recalibrated yet)"
+    return grid_table(["model", "row", "seeds", "before calibration", "earlier default (absolute lr 3e-4)",
+                       "default (relative lr 2.5e-3)", "change of the mean"], body)
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
@@ -264,8 +293,11 @@ def main() -> None:
     plot(summary, OUT / "headline.png")
     table = tables(summary)
     print(table)
+    change = calibration_change(summary)
+    print(change)
     if a.readme:
         splice_between(a.readme, MARK, table)
+        splice_between(a.readme, "<!-- headline-calibration -->", change)
 
 
 if __name__ == "__main__":
