@@ -142,7 +142,8 @@ def compare(rows: list[dict], tag: str) -> str:
     if not body:
         return f"no run has both the default and the ({tag}) row"
     gmean = float(np.exp(np.mean(np.log(ratios))))
-    text = grid_table(["run", "val MSE searched", "default", tag, "ratio", "val top-1 searched", "default", tag],
+    text = grid_table(["run", "val MSE searched", "run's calibration", tag, "ratio", "val top-1 searched",
+                       "run's calibration", tag],
                       body)
     return (f"{text}\n\n{len(body)} runs: validation output MSE ratio ({tag} / default), geometric mean "
             f"{gmean:.2f}; validation top-1 difference, mean {np.mean(diffs):+.2f} points "

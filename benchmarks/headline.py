@@ -16,7 +16,9 @@ and an interrupted search resumes from its checkpoint.
 Splits: calibration images from the CIFAR-10 train split (never the validation part), top-1 on the full
 test split (10,000 images); EfficientNet-Lite0: 50 calibration images from the ImageNet sample, top-1 on
 the other 950. FP32 of the same evaluation beside every row. Settings are the library defaults, chosen on
-CIFAR-10 validation (``results/calibration-tuning.md``); nothing here is chosen by test accuracy.
+CIFAR-10 validation (``results/calibration-tuning.md``, ``results/calibration-overfit.json``); nothing here
+is chosen by test accuracy. A finished run calibrated with other settings than today's defaults is calibrated
+again, its search kept (:func:`recalibrate_run`; the earlier result stays in ``previous_calibrations``).
 
     python benchmarks/headline.py --models shufflenetv2-x0.5              # run what is missing
     python benchmarks/headline.py --models shufflenetv2-x0.5 --parts headline

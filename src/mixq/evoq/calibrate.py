@@ -48,13 +48,20 @@ Adam 1e-4, normalized feats, 50 epochs     86.50  <- defaults
   Adam 1e-4, 200 steps, augmented views                               86.57
   Adam 3e-4 cosine, 200 steps, augmented views                        86.76
   Adam 1e-4, 200 steps, augmented views, learned scale                86.62
-  Adam 3e-4 cosine, 200 steps, augmented views, learned scale         87.12  <- defaults
+  Adam 3e-4 cosine, 200 steps, augmented views, learned scale         87.12  <- defaults until #13
   ==================================================================  ======
 
   *Augmented views* (random shifts and flips of the same 50 images, the teacher run on the same
   views) let calibration run 200 steps without over-fitting; a *learned scale* freezes each layer's
   grid at its min/max range and then learns the per-channel step size with the weights (LSQ-style),
   so the clipping range can shrink where that lowers the loss.
+* Third round (#13), without test images: on the CIFAR-10 validation split (2,000 images carved from train)
+  the absolute lr 3e-4 over-fitted ResNet-18's 50 samples (held-out output MSE 0.046 -> 0.098) and wrecked
+  8-bit models (ResNet-20 uniform 8: 0.0009 -> 0.17), because one rate moves small weights further,
+  relative to their size, than large ones. *Relative* rates (each tensor at ``lr`` times its RMS) at
+  ``lr=2.5e-3`` lowered the held-out MSE on 10 runs (geometric-mean ratio 0.48) and raised validation
+  top-1 by +0.56 points on average, passing a rule fixed before the runs; they are the default
+  (``benchmarks/calibration_overfit.py``, ``results/calibration-overfit.json``).
 """
 
 from __future__ import annotations
