@@ -11,6 +11,7 @@ from mixq.allocate.run import check_act_choices, run_allocation
 from mixq.bits import VALID_BITS, BitConfig, Budget
 from mixq.errors import MixqError
 from mixq.evaluation.task import Task, load_task
+from mixq.evoq.calibrate import CalibrationConfig
 from mixq.executor import EXECUTORS, Executor, make_executor
 from mixq.fileio import locked
 from mixq.paths import output_folder
@@ -227,3 +228,59 @@ def executor_from_args(args: argparse.Namespace) -> Executor:
         The :class:`~mixq.executor.Executor`.
     """
     return make_executor(args.executor, workers=args.workers, address=args.address, device=args.device)
+
+
+CALIB_DEFAULTS = CalibrationConfig()
+
+
+def calibration_from_args(args: argparse.Namespace, seed: int) -> CalibrationConfig:
+    """The feature-calibration settings of :func:`add_calibration_args` arguments.
+
+    Args:
+        args: parsed arguments.
+        seed: seed of the calibration's batch order and augmentation.
+
+    Returns:
+        The configuration.
+    """
+    return CalibrationConfig(
+        epochs=args.calib_epochs, lr=args.calib_lr, alpha=args.calib_alpha, beta=args.calib_beta,
+        optimizer=args.calib_optimizer, augment=not args.calib_no_augment, batch_size=args.calib_batch_size,
+        seed=seed, holdout=args.calib_holdout, refit=args.calib_refit,
+        lr_scaling=args.calib_lr_scaling,
+    )
+
+
+def add_calibration_args(p: argparse.ArgumentParser, skip: bool = False) -> None:
+    """The feature-calibration arguments (``--calib-*``; defaults are :class:`CalibrationConfig`'s).
+
+    Args:
+        p: the parser.
+        skip: also offer ``--no-calibrate``.
+    """
+    c = p.add_argument_group("feature calibration")
+    if skip:
+        c.add_argument("--no-calibrate", action="store_true", help="skip feature calibration")
+    c.add_argument("--calib-epochs", type=int, default=CALIB_DEFAULTS.epochs,
+                   help="steps over the calibration samples (default %(default)s)")
+    c.add_argument("--calib-lr", type=float, default=CALIB_DEFAULTS.lr, help="learning rate (default %(default)s)")
+    c.add_argument("--calib-alpha", type=float, default=CALIB_DEFAULTS.alpha,
+                   help="weight of the output MSE (default %(default)s)")
+    c.add_argument("--calib-beta", type=float, default=CALIB_DEFAULTS.beta,
+                   help="weight of the intermediate-feature MSE (default %(default)s)")
+    c.add_argument("--calib-optimizer", choices=["adam", "sgd"], default=CALIB_DEFAULTS.optimizer,
+                   help="optimizer; the paper uses sgd with momentum 0.9 (default %(default)s)")
+    c.add_argument("--calib-batch-size", type=int, default=CALIB_DEFAULTS.batch_size,
+                   help="samples per step; lower it to save memory on large models (default %(default)s)")
+    c.add_argument("--calib-no-augment", action="store_true",
+                   help="show the calibration images as they are (no random shifts/flips)")
+    c.add_argument("--calib-holdout", type=int, default=CALIB_DEFAULTS.holdout,
+                   help="calibration samples held out of training: every 10 epochs the output error on them is "
+                        "checked and the best weights kept, so calibration stops where it starts to over-fit its "
+                        "samples (e.g. 10 of 50; default %(default)s = off)")
+    c.add_argument("--calib-refit", action="store_true",
+                   help="with --calib-holdout: use the held-out check only to choose the epochs (or no "
+                        "calibration), then calibrate again on all samples for that many epochs (twice the time)")
+    c.add_argument("--calib-lr-scaling", choices=["absolute", "relative"], default=CALIB_DEFAULTS.lr_scaling,
+                   help="relative: each tensor's learning rate is --calib-lr times its RMS, so wide layers with "
+                        "small weights move as far, relative to their size, as narrow ones (default %(default)s)")

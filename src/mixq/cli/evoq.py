@@ -8,10 +8,12 @@ from mixq.bits import Budget
 from mixq.cli.common import (
     EPILOG_DATA,
     add_budget_args,
+    add_calibration_args,
     add_executor_args,
     add_task_args,
     budget_from_args,
     budget_label,
+    calibration_from_args,
     check_bits_arg,
     executor_from_args,
     task_from_args,
@@ -26,8 +28,6 @@ from mixq.paths import output_folder
 from mixq.quant.cost import parse_count
 from mixq.reports.evoq import write_evoq_report
 from mixq.reports.pareto import pareto_table, write_pareto_report
-
-CALIB_DEFAULTS = CalibrationConfig()
 
 
 def cmd_evoq(args: argparse.Namespace) -> int:
@@ -49,24 +49,6 @@ def cmd_evoq(args: argparse.Namespace) -> int:
 
 def _calibration(args: argparse.Namespace) -> CalibrationConfig:
     return calibration_from_args(args, args.seed)
-
-
-def calibration_from_args(args: argparse.Namespace, seed: int) -> CalibrationConfig:
-    """The feature-calibration settings of :func:`add_calibration_args` arguments.
-
-    Args:
-        args: parsed arguments.
-        seed: seed of the calibration's batch order and augmentation.
-
-    Returns:
-        The configuration.
-    """
-    return CalibrationConfig(
-        epochs=args.calib_epochs, lr=args.calib_lr, alpha=args.calib_alpha, beta=args.calib_beta,
-        optimizer=args.calib_optimizer, augment=not args.calib_no_augment, batch_size=args.calib_batch_size,
-        seed=seed, holdout=args.calib_holdout, refit=args.calib_refit,
-        lr_scaling=args.calib_lr_scaling,
-    )
 
 
 def _pareto(args: argparse.Namespace) -> int:
@@ -206,37 +188,3 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="discard an earlier run's files in --out instead of resuming it")
     p.set_defaults(func=cmd_evoq)
 
-
-def add_calibration_args(p: argparse.ArgumentParser, skip: bool = False) -> None:
-    """The feature-calibration arguments (``--calib-*``; defaults are :class:`CalibrationConfig`'s).
-
-    Args:
-        p: the parser.
-        skip: also offer ``--no-calibrate``.
-    """
-    c = p.add_argument_group("feature calibration")
-    if skip:
-        c.add_argument("--no-calibrate", action="store_true", help="skip feature calibration")
-    c.add_argument("--calib-epochs", type=int, default=CALIB_DEFAULTS.epochs,
-                   help="steps over the calibration samples (default %(default)s)")
-    c.add_argument("--calib-lr", type=float, default=CALIB_DEFAULTS.lr, help="learning rate (default %(default)s)")
-    c.add_argument("--calib-alpha", type=float, default=CALIB_DEFAULTS.alpha,
-                   help="weight of the output MSE (default %(default)s)")
-    c.add_argument("--calib-beta", type=float, default=CALIB_DEFAULTS.beta,
-                   help="weight of the intermediate-feature MSE (default %(default)s)")
-    c.add_argument("--calib-optimizer", choices=["adam", "sgd"], default=CALIB_DEFAULTS.optimizer,
-                   help="optimizer; the paper uses sgd with momentum 0.9 (default %(default)s)")
-    c.add_argument("--calib-batch-size", type=int, default=CALIB_DEFAULTS.batch_size,
-                   help="samples per step; lower it to save memory on large models (default %(default)s)")
-    c.add_argument("--calib-no-augment", action="store_true",
-                   help="show the calibration images as they are (no random shifts/flips)")
-    c.add_argument("--calib-holdout", type=int, default=CALIB_DEFAULTS.holdout,
-                   help="calibration samples held out of training: every 10 epochs the output error on them is "
-                        "checked and the best weights kept, so calibration stops where it starts to over-fit its "
-                        "samples (e.g. 10 of 50; default %(default)s = off)")
-    c.add_argument("--calib-refit", action="store_true",
-                   help="with --calib-holdout: use the held-out check only to choose the epochs (or no "
-                        "calibration), then calibrate again on all samples for that many epochs (twice the time)")
-    c.add_argument("--calib-lr-scaling", choices=["absolute", "relative"], default=CALIB_DEFAULTS.lr_scaling,
-                   help="relative: each tensor's learning rate is --calib-lr times its RMS, so wide layers with "
-                        "small weights move as far, relative to their size, as narrow ones (default %(default)s)")

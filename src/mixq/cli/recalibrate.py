@@ -6,8 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from mixq.cli.common import EPILOG_DATA, add_executor_args, executor_from_args
-from mixq.cli.evoq import add_calibration_args, calibration_from_args
+from mixq.cli.common import (
+    EPILOG_DATA,
+    add_calibration_args,
+    add_executor_args,
+    calibration_from_args,
+    executor_from_args,
+)
 from mixq.errors import MixqError
 from mixq.evaluation.task import load_task
 from mixq.evoq.pipeline import recalibrate_run
