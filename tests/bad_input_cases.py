@@ -93,6 +93,8 @@ CASES: list[Case] = [
     Case("corrupt benchmark file", ("bench", "info", "bad.mqbench"), {"bad.mqbench": "not sqlite"}),
     Case("unsupported ONNX opset", ("export", "--bits", "4", "--opset", "19", "--out", "m.onnx")),
     Case("corrupt genotype file", ("emq", "allocate", "--proxy", "g.json"), {"g.json": "{not json"}),
+    Case("recalibrating a folder with no finished run", ("recalibrate", "runs/none")),
+    Case("recalibrating a corrupt run result", ("recalibrate", "r"), {"r/result.json": "{not json"}),
 ]
 
 
@@ -110,6 +112,7 @@ def run_case(case: Case, folder: Path) -> tuple[int, str]:
     from mixq.cli import main
 
     for name, text in case.files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text)
     if case.setup is not None:
         case.setup(folder)
