@@ -95,9 +95,8 @@ def run_mixed(model: str, target: float, seed: int, init: str) -> None:
 def _recalibrate_stale(model: str, seed: int, out: Path) -> None:
     """A finished run calibrated with settings other than today's defaults is calibrated again (search kept)."""
     record = json.loads((out / "result.json").read_text())
-    wanted = CalibrationConfig(seed=seed)
-    if "calibration" in record and CalibrationConfig.from_record(record["calibration"]) != wanted:
-        r = recalibrate_run(load_task(model, samples=50, seed=seed), wanted, out)
+    if "calibration" in record and not _current(record):
+        r = recalibrate_run(load_task(model, samples=50, seed=seed), CalibrationConfig(seed=seed), out)
         print(f"{out.relative_to(OUT)} recalibrated: {r['previous_calibrations'][-1]['quant_top1']:.2f} -> "
               f"{r['quant_top1']:.2f}", flush=True)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from mixq.cli.common import (
@@ -13,30 +12,15 @@ from mixq.cli.common import (
     calibration_from_args,
     executor_from_args,
 )
-from mixq.errors import MixqError
 from mixq.evaluation.task import load_task
-from mixq.evoq.pipeline import recalibrate_run
+from mixq.evoq.pipeline import read_run_result, recalibrate_run
 from mixq.reports.evoq import write_evoq_report
-
-
-def _record(run: Path) -> dict:
-    path = run / "result.json"
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MixqError(f"run folder {str(run)!r} holds no result.json: give the --out folder of a finished "
-                        "`mixq evoq` run") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MixqError(f"cannot read run result {str(path)!r}: {exc}") from None
-    if not isinstance(record, dict) or not {"model", "samples", "seed", "n_test"} <= set(record):
-        raise MixqError(f"{str(path)!r} is not a mixq run result (model, samples, seed, n_test expected)")
-    return record
 
 
 def cmd_recalibrate(args: argparse.Namespace) -> int:
     """Rebuild the run's configuration, calibrate it with the given settings, rewrite its result and report."""
     run = Path(args.run)
-    record = _record(run)
+    record = read_run_result(run)
     task = load_task(record["model"], samples=int(record["samples"]), seed=int(record["seed"]),
                      data_root=args.data_root, model_root=args.model_root, n_test=int(record["n_test"]),
                      checkpoint=args.checkpoint, dataset=args.dataset, mean=args.mean, std=args.std)

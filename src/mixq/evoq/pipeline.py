@@ -430,16 +430,29 @@ def run_uniform(task: Task, bits: int, options: RunOptions, out: str | os.PathLi
 REBUILD_TOLERANCE = 0.25
 
 
-def _read_result(out: Path) -> dict[str, Any]:
+def read_run_result(out: str | os.PathLike) -> dict[str, Any]:
+    """A finished run's ``result.json``.
+
+    Args:
+        out: the run folder.
+
+    Returns:
+        The record.
+
+    Raises:
+        MixqError: no ``result.json``, unreadable JSON, or not a finished run's record.
+    """
+    out = Path(out)
     path = out / "result.json"
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
-        raise MixqError(f"{str(out)!r} holds no finished run (no result.json): run it first") from None
+        raise MixqError(f"run folder {str(out)!r} holds no result.json (no finished run): give the --out folder "
+                        "of a finished `mixq evoq` run") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise MixqError(f"cannot read run result {str(path)!r}: {exc}") from None
-    if not isinstance(record, dict) or "quant_top1" not in record:
-        raise MixqError(f"{str(path)!r} is not a finished mixq run result (no quant_top1)")
+    if not isinstance(record, dict) or not {"quant_top1", "model", "samples", "seed", "n_test"} <= set(record):
+        raise MixqError(f"{str(path)!r} is not a mixq run result (quant_top1, model, samples, seed, n_test expected)")
     return record
 
 
@@ -497,7 +510,7 @@ def recalibrate_run(task: Task, calibration: CalibrationConfig, out: str | os.Pa
     """
     out = Path(out)
     with locked(out):
-        record = _read_result(out)
+        record = read_run_result(out)
         if "calibration" in record and CalibrationConfig.from_record(record["calibration"]) == calibration:
             return record
         _check_task(record, task, out)
