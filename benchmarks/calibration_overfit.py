@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +77,10 @@ def measure(run: str, n_val: int, batch_size: int, changes: dict | None = None) 
     ref_calib = predict(task.model, task.calib)
     ref_val, labels = _val_outputs(task.model, task, batch_size)
     tags = [f"{k} {v}" for k, v in changes.items()]
+    recorded = CalibrationConfig.from_record(result["calibration"]) if result.get("calibration") else None
     row = {"run": f"{run} ({', '.join(tags)})" if tags else run, **changes,
+           # the settings of the model measured (the run's own, when nothing changes)
+           "calibration_settings": None if recorded is None else asdict(replace(recorded, **changes)),
            "model": result["model"], "seed": result["seed"], "samples": result["samples"],
            "val_images": len(labels), "fp32_val_top1": 100.0 * float((ref_val.argmax(1) == labels).float().mean())}
     for name, calibrated in (("searched", False), ("calibrated", True)):
@@ -86,7 +89,6 @@ def measure(run: str, n_val: int, batch_size: int, changes: dict | None = None) 
                         channels_last=bool(result.get("channels_last", False)))
         qm.set_bits(bits)
         if calibrated and recal:
-            recorded = CalibrationConfig.from_record(result["calibration"])
             cal = calibrate(qm, task.calib, replace(recorded, **changes), progress=False)
             row["best_epoch"], row["holdout_history"] = cal.best_epoch, cal.holdout_history
             row["refit_epochs"] = cal.refit_epochs
@@ -116,22 +118,27 @@ def table(rows: list[dict]) -> str:
                        "epoch kept"], body)
 
 
-def compare(rows: list[dict], tag: str) -> str:
-    """Markdown table: each run's default calibration against the same run recalibrated with ``tag``'s settings.
+def compare(rows: list[dict], tag: str, baseline: str | None = None) -> str:
+    """Markdown table: each run's calibration (or ``baseline``'s settings) against the same run recalibrated
+    with ``tag``'s settings.
 
     Args:
         rows: the results file's rows.
         tag: the settings as they appear in a row key, e.g. ``"lr 0.0025, lr_scaling relative"``.
+        baseline: the settings of the rows compared against, as ``tag`` (None: the run's own calibrated model,
+            rows keyed by the bare run folder).
 
     Returns:
         The table, with a last line giving the geometric mean of the validation-MSE ratios and the mean
         validation top-1 difference over the runs that have both rows.
     """
     by_run = {r["run"]: r for r in rows}
+    runs = sorted({r["run"].split(" (")[0] for r in rows})
     body, ratios, diffs = [], [], []
-    for run, base in sorted(by_run.items()):
+    for run in runs:
+        base = by_run.get(run if baseline is None else f"{run} ({baseline})")
         other = by_run.get(f"{run} ({tag})")
-        if other is None:
+        if base is None or other is None:
             continue
         b, o = base["calibrated"], other["calibrated"]
         ratios.append(o["val_mse"] / b["val_mse"])
@@ -139,13 +146,13 @@ def compare(rows: list[dict], tag: str) -> str:
         body.append([run, f"{base['searched']['val_mse']:.4g}", f"{b['val_mse']:.4g}", f"{o['val_mse']:.4g}",
                      f"{ratios[-1]:.2f}", f"{base['searched']['val_top1']:.2f}", f"{b['val_top1']:.2f}",
                      f"{o['val_top1']:.2f}"])
+    base_name = "run's calibration" if baseline is None else baseline
     if not body:
-        return f"no run has both the default and the ({tag}) row"
+        return f"no run has both the ({base_name}) and the ({tag}) row"
     gmean = float(np.exp(np.mean(np.log(ratios))))
-    text = grid_table(["run", "val MSE searched", "run's calibration", tag, "ratio", "val top-1 searched",
-                       "run's calibration", tag],
+    text = grid_table(["run", "val MSE searched", base_name, tag, "ratio", "val top-1 searched", base_name, tag],
                       body)
-    return (f"{text}\n\n{len(body)} runs: validation output MSE ratio ({tag} / default), geometric mean "
+    return (f"{text}\n\n{len(body)} runs: validation output MSE ratio ({tag} / {base_name}), geometric mean "
             f"{gmean:.2f}; validation top-1 difference, mean {np.mean(diffs):+.2f} points "
             f"[{min(diffs):+.2f}, {max(diffs):+.2f}]")
 
@@ -168,6 +175,11 @@ def main() -> None:
     p.add_argument("--compare", metavar="TAG",
                    help='also compare the default calibration with the rows of these settings, e.g. '
                         '"lr 0.0025, lr_scaling relative" (README markers <!-- calibration-compare -->)')
+    p.add_argument("--baseline", metavar="TAG",
+                   help="with --compare: compare against the rows of these settings instead of each run's own "
+                        "calibrated model (whose settings change when the default does)")
+    p.add_argument("--marker", default="calibration-compare",
+                   help="README marker name of the --compare table (default %(default)s)")
     p.add_argument("--readme", type=Path, help="write the table(s) into this README between the markers")
     a = p.parse_args()
     new = []
@@ -187,10 +199,10 @@ def main() -> None:
     if a.readme:
         splice_between(a.readme, "<!-- calibration-overfit -->", text)
     if a.compare:
-        comparison = compare(data["rows"], a.compare)
+        comparison = compare(data["rows"], a.compare, a.baseline)
         print(comparison)
         if a.readme:
-            splice_between(a.readme, "<!-- calibration-compare -->", comparison)
+            splice_between(a.readme, f"<!-- {a.marker} -->", comparison)
 
 
 if __name__ == "__main__":

@@ -430,3 +430,17 @@ def test_allocate_config_exact_messages(two_linear: QuantModel) -> None:
         with pytest.raises(MixqError) as excinfo:
             call()
         assert message(excinfo) == text
+
+
+def test_solver_debug_lines_do_not_reach_stdout(capfd: pytest.CaptureFixture[str]) -> None:
+    """HiGHS in scipy 1.17 prints ``HighsMipSolverData::...`` lines to descriptor 1 on this problem; the
+    allocation must keep them off the user's output (and leave Python's own printing working after it)."""
+    rng = np.random.default_rng(0)
+    choices = (2, 3, 4, 5, 6, 8)
+    cost = np.stack([rng.random(60) * 2.0 ** (-2 * b) for b in choices], 1)
+    params = rng.integers(100, 100000, 60)
+    result = alloc.allocate_bits(cost, choices, params, budget_bits_params=3.0 * params.sum())
+    print("after")
+    out = capfd.readouterr().out
+    assert out == "after\n"
+    assert sum(p * b for p, b in zip(params, result.bits)) <= 3.0 * params.sum()

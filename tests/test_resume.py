@@ -132,6 +132,12 @@ def test_evoq_killed_mid_search_resumes_to_the_uninterrupted_result(net, capsys)
     fresh = json.loads((net / "fresh" / "result.json").read_text())
     _same_run(resumed, fresh)
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # no temporary file left behind
+    # timings count the killed process's part too: its sensitivity table (read back from the file) and search
+    measured = json.loads((out / "sensitivity.json").read_text())["seconds"]
+    assert resumed["sensitivity_resumed"] and not fresh["sensitivity_resumed"]
+    assert resumed["sensitivity_seconds"] == measured > 0
+    for r in (resumed, fresh):
+        assert r["total_seconds"] >= r["search_seconds"] + r["sensitivity_seconds"]
 
 
 def test_evoq_checkpoints_every_generation(net, monkeypatch):

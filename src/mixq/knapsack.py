@@ -24,9 +24,12 @@ into costs and a BitConfig; EvoQ starts its population from the optimum of its o
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,6 +139,31 @@ def _check_fixed_pairs(fixed: Mapping[int, int | tuple[int, int]] | None, n_laye
                             f"input) pair of them, got {value!r}")
         out[int(layer)] = (int(pair[0]), None if pair[1] is None else int(pair[1]))
     return out
+
+
+@contextlib.contextmanager
+def _solver_chatter_silenced() -> Iterator[None]:
+    """Send what C code writes to file descriptor 1 to the null device for the block.
+
+    HiGHS (as shipped in scipy 1.17) prints debug lines such as
+    ``HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();`` straight to descriptor 1,
+    whatever ``disp`` says; a user's progress output and tables must not be interleaved with them. Where
+    descriptor 1 cannot be duplicated (an embedding without one), nothing is redirected.
+    """
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
 
 
 def _is_integral(a: np.ndarray) -> bool:
@@ -485,7 +513,8 @@ def _solve(
     for _ in range(_MAX_RESOLVES):
         constraints = [LinearConstraint(one_hot, 1.0, 1.0)]
         constraints += [LinearConstraint(coef[None, :], -np.inf, r) for (coef, _, _), r in zip(flat, rhs)]
-        res = milp(c, integrality=np.ones(n * k), bounds=bounds, constraints=constraints, options=options)
+        with _solver_chatter_silenced():
+            res = milp(c, integrality=np.ones(n * k), bounds=bounds, constraints=constraints, options=options)
         if res.x is None or res.status not in (0, 1):
             raise MixqError(f"the bit-allocation ILP failed: {res.message} (HiGHS status {res.status})")
         chosen = [int(i) for i in np.argmax(res.x.reshape(n, k), axis=1)]

@@ -451,7 +451,8 @@ class EvoQResult:
         mean_history: population mean fitness after each iteration.
         evaluations: fitness evaluations performed.
         iterations: children produced.
-        seconds: search wall time (this process; resumed runs add up).
+        seconds: search wall time (resumed runs add up: earlier processes' seconds included).
+        resumed_seconds: the part of ``seconds`` spent by the earlier processes a resumed search continues.
         settings: the EvoQConfig as a dict.
         sensitivity_seconds: wall time of the sensitivity table (set by :func:`mixq.evoq.bitsearch`; 0 when
             the table was given).
@@ -470,6 +471,7 @@ class EvoQResult:
     iterations: int
     seconds: float
     settings: dict = field(default_factory=dict)
+    resumed_seconds: float = 0.0
     sensitivity_seconds: float = 0.0
     layer_passes: dict = field(default_factory=dict)
     bitops: float | None = None
@@ -765,6 +767,7 @@ def evoq_search(
         evaluations=search.state.evaluations,
         iterations=search.state.iteration,
         seconds=seconds,
+        resumed_seconds=elapsed,
         settings=asdict(config),
         layer_passes={"computed": evaluate.cache.computed, "replayed": evaluate.cache.replayed},
         bitops=None if cost is None else space.ops(best),

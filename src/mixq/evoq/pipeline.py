@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -133,9 +134,10 @@ def sensitivity_signature(run: dict[str, Any], layers: list[str], bits: tuple[in
             "bits": list(bits), "layers": list(layers)}
 
 
-def _cached_sensitivity(path: Path, signature: dict[str, Any]) -> SensitivityTable | None:
-    """The table saved at ``path`` when it was measured with ``signature``; None when there is none (or it is
-    damaged); a table of other settings is refused."""
+def _cached_sensitivity(path: Path, signature: dict[str, Any]) -> tuple[SensitivityTable, float] | None:
+    """The table saved at ``path`` when it was measured with ``signature``, and the seconds its measurement
+    took (0 when the file predates that record); None when there is none (or it is damaged); a table of other
+    settings is refused."""
     try:
         data = json.loads(path.read_text())
         table = SensitivityTable.from_dict(data, source=str(path))
@@ -144,7 +146,8 @@ def _cached_sensitivity(path: Path, signature: dict[str, Any]) -> SensitivityTab
     saved = data.get("signature") if isinstance(data, dict) else None
     check_signature(saved if isinstance(saved, dict) else {}, signature, f"sensitivity table {str(path)!r}",
                     RESUME_HINT)
-    return table
+    seconds = data.get("seconds", 0.0)
+    return table, float(seconds) if isinstance(seconds, (int, float)) else 0.0
 
 
 def budget_text(budget: Budget) -> str:
@@ -180,30 +183,36 @@ def uniform_bits_within(cost: CostModel, budget: Budget, min_bits: int, max_bits
 
 
 def _tables(qm: QuantModel, task: Task, signature: dict[str, Any], config: EvoQConfig, options: RunOptions,
-            executor: Executor, out: Path) -> tuple[SensitivityTable, SensitivityTable | None, float]:
+            executor: Executor, out: Path) -> tuple[SensitivityTable, SensitivityTable | None, float, float]:
     """The weight table and (with activation genes) the activation table, each resumed from ``out`` when it
-    was measured with the same settings; and the seconds spent (~0 when both were resumed)."""
-    t0 = time.perf_counter()
-    table = _table(out / "sensitivity.json", sensitivity_signature(signature, qm.layer_names),
-                   lambda: compute_sensitivity(qm, task.calib, bits=SENSITIVITY_BITS, progress=options.progress,
-                                               executor=executor, prefix_mb=options.prefix_mb))
+    was measured with the same settings; the seconds their measurement took (an earlier process's, for a
+    resumed table) and the part of them spent by earlier processes."""
+    table, seconds, earlier = _table(
+        out / "sensitivity.json", sensitivity_signature(signature, qm.layer_names),
+        lambda: compute_sensitivity(qm, task.calib, bits=SENSITIVITY_BITS, progress=options.progress,
+                                    executor=executor, prefix_mb=options.prefix_mb))
     act_table = None
     if config.act_choices:
-        act_table = _table(out / "act_sensitivity.json",
-                           sensitivity_signature(signature, qm.layer_names, config.act_choices),
-                           lambda: compute_act_sensitivity(qm, task.calib, bits=config.act_choices,
-                                                           progress=options.progress, executor=executor,
-                                                           prefix_mb=options.prefix_mb))
-    return table, act_table, time.perf_counter() - t0
+        act_table, act_seconds, act_earlier = _table(
+            out / "act_sensitivity.json", sensitivity_signature(signature, qm.layer_names, config.act_choices),
+            lambda: compute_act_sensitivity(qm, task.calib, bits=config.act_choices, progress=options.progress,
+                                            executor=executor, prefix_mb=options.prefix_mb))
+        seconds, earlier = seconds + act_seconds, earlier + act_earlier
+    return table, act_table, seconds, earlier
 
 
-def _table(path: Path, signature: dict[str, Any], measure) -> SensitivityTable:
-    """The table saved at ``path`` with this signature, else ``measure()`` saved there."""
-    table = _cached_sensitivity(path, signature)
-    if table is None:
-        table = measure()
-        table.save(path.parent, signature=signature, stem=path.stem)
-    return table
+def _table(path: Path, signature: dict[str, Any], measure: Callable[[], SensitivityTable]
+           ) -> tuple[SensitivityTable, float, float]:
+    """The table saved at ``path`` with this signature, else ``measure()`` saved there; with the seconds its
+    measurement took and, of those, the seconds spent by an earlier process (all of them for a saved table)."""
+    cached = _cached_sensitivity(path, signature)
+    if cached is not None:
+        return cached[0], cached[1], cached[1]
+    t0 = time.perf_counter()
+    table = measure()
+    seconds = time.perf_counter() - t0
+    table.save(path.parent, signature=signature, stem=path.stem, seconds=seconds)
+    return table, seconds, 0.0
 
 
 def check_feasible(qm: QuantModel, budget: Budget, min_bits: int) -> None:
@@ -289,7 +298,7 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
                       search_signature(qm.layer_names, limit, config, signature, options.budget.max_bitops),
                       config.iterations).load()
     reference = predict(task.model, task.calib)  # float logits (N, K)
-    table, act_table, table_seconds = _tables(qm, task, signature, config, options, executor, out)
+    table, act_table, table_seconds, earlier_seconds = _tables(qm, task, signature, config, options, executor, out)
     result: EvoQResult = evoq_search(
         qm, task.calib, reference, options.budget, config, sensitivity=table,
         checkpoint=out / "search_state.json", progress=options.progress, signature=signature, executor=executor,
@@ -325,6 +334,7 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
         "initial_fitness": result.best_history[0],
         "search_seconds": result.seconds,
         "sensitivity_seconds": table_seconds,
+        "sensitivity_resumed": earlier_seconds > 0,
         "iterations": result.iterations,
         "evaluations": result.evaluations,
         "prefix_cache": {"max_mb": options.prefix_mb, **result.layer_passes},
@@ -354,7 +364,8 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
         record.update(_calibrate_and_save(qm, task, options.calibration, options.progress, out))
     else:
         record["quant_top1"] = search_top1
-    record["total_seconds"] = time.perf_counter() - t_start
+    # the whole run's wall time, earlier processes' part of a resumed one included
+    record["total_seconds"] = time.perf_counter() - t_start + earlier_seconds + result.resumed_seconds
     atomic_write_json(out / "result.json", record)
     return record
 
@@ -630,7 +641,7 @@ def _pareto_locked(task: Task, options: RunOptions, config: EvoQConfig, pareto: 
     signature = run_signature(task, replace(options, budget=cap or Budget(avg_bits=config.max_bits), calibrate=False))
     signature.pop("calibrate"), signature.pop("calibration"), signature.pop("evaluate_uniform")
     reference = predict(task.model, task.calib)
-    table, act_table, table_seconds = _tables(qm, task, signature, config, options, executor, out)
+    table, act_table, table_seconds, _ = _tables(qm, task, signature, config, options, executor, out)
     if pareto.method == "nsga2":
         result = pareto_search(qm, task.calib, reference, cost, pareto.cost, config, sensitivity=table,
                                act_sensitivity=act_table, cap=cap, checkpoint=out / "pareto_state.json",

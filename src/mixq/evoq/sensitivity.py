@@ -88,7 +88,8 @@ class SensitivityTable:
         except (KeyError, TypeError, ValueError) as exc:
             raise MixqError(f"{source} is not a mixq sensitivity table: {exc}") from None
 
-    def save(self, directory: str | os.PathLike, signature: dict | None = None, stem: str = "sensitivity") -> None:
+    def save(self, directory: str | os.PathLike, signature: dict | None = None, stem: str = "sensitivity",
+             seconds: float | None = None) -> None:
         """Write ``STEM.json`` and ``STEM.csv`` (one row per layer) into a folder, atomically.
 
         Args:
@@ -97,6 +98,8 @@ class SensitivityTable:
                 file; a cache is reused only by a run with the same signature).
             stem: file name stem (``"act_sensitivity"`` for the activation table, whose CSV columns read
                 ``mse_a4`` ...).
+            seconds: the wall time it took to measure (stored under ``"seconds"``, so that a run resumed
+                from the file can still report it).
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
@@ -108,6 +111,8 @@ class SensitivityTable:
             w.writerow([n, p, *[f"{v:.6g}" for v in row]])
         atomic_write_text(d / f"{stem}.csv", rows.getvalue())
         data = self.to_dict() if signature is None else {"signature": signature, **self.to_dict()}
+        if seconds is not None:
+            data["seconds"] = float(seconds)
         atomic_write_json(d / f"{stem}.json", data)
 
 
