@@ -402,19 +402,31 @@ def _calibrate_by_hand(qm: QuantModel, x: torch.Tensor, cfg: CalibrationConfig) 
     use_feats = cfg.features == "layers" and cfg.beta > 0
     teacher = copy.deepcopy(qm) if cfg.augment else None
     t_logits, t_feats, scales = _targets(qm, x, cfg)
+    grid = {}  # layer -> its learned scale, i.e. its quantization step per channel
+    if cfg.learn_scale:
+        grid = {id(m): m.weight_quantizer.freeze_grid(m.weight, method=cfg.grid_init) for m in layers
+                if m.weight_quantizer.bits != FLOAT_BITS}
+
+    def ref(m: nn.Module) -> torch.Tensor:
+        """The tensor whose RMS scales the rate of the layer's weight and bias."""
+        if cfg.lr_scaling != "step" or m.weight_quantizer.bits == FLOAT_BITS:
+            return m.weight
+        if id(m) in grid:
+            return grid[id(m)]
+        # the layer's own range: per-channel asymmetric grid over [min(lo, 0), max(hi, 0)]
+        lo, hi = get_range_method(m.weight_quantizer.method)(m.weight.detach(), m.weight_quantizer.bits, 0)
+        return (hi.clamp(min=0) - lo.clamp(max=0)) / (2 ** m.weight_quantizer.bits - 1)
+
     params = [m.weight for m in layers]
-    refs = [m.weight for m in layers]  # the tensor whose RMS scales each parameter's rate (relative scaling)
+    refs = [ref(m) for m in layers]
     if cfg.train_bias:
         params += [m.bias for m in layers if m.bias is not None]
-        refs += [m.weight for m in layers if m.bias is not None]
-    if cfg.learn_scale:
-        grids = [m.weight_quantizer.freeze_grid(m.weight, method=cfg.grid_init) for m in layers
-                 if m.weight_quantizer.bits != FLOAT_BITS]
-        params += grids
-        refs += grids
+        refs += [ref(m) for m in layers if m.bias is not None]
+    params += list(grid.values())
+    refs += list(grid.values())
     rms = [float(r.detach().double().pow(2).mean().sqrt()) for r in refs]
     floor = max(max(rms) * 1e-3, 1e-12)
-    base = [cfg.lr * max(r, floor) if cfg.lr_scaling == "relative" else cfg.lr for r in rms]
+    base = [cfg.lr * max(r, floor) if cfg.lr_scaling != "absolute" else cfg.lr for r in rms]
     for p in params:
         p.requires_grad_(True)
     groups = [{"params": [p]} for p in params]
@@ -505,6 +517,38 @@ def test_relative_rates_with_learned_scale_match_the_hand_loop() -> None:
     cfg = CalibrationConfig(epochs=3, batch_size=4, augment=True, schedule="cosine", seed=5)
     assert cfg.lr_scaling == "relative"
     _compare_with_hand_loop(qm, x, cfg)
+
+
+@pytest.mark.parametrize("learn_scale", [True, False])
+def test_step_rates_match_the_hand_loop(learn_scale: bool) -> None:
+    """Step scaling: each layer's weight and bias at lr x the RMS of its quantization step (the learned grid's
+    scale, or the layer's own range), the 32-bit layer at its weight's RMS."""
+    qm, x = _conv_setup(10)
+    qm.set_bits({"0": 2, "3": 8, "7": 32})
+    cfg = CalibrationConfig(epochs=3, batch_size=4, augment=True, schedule="cosine", seed=5, lr_scaling="step",
+                            learn_scale=learn_scale)
+    _compare_with_hand_loop(qm, x, cfg)
+
+
+def test_step_rates_move_a_2_bit_layer_85x_further_than_an_8_bit_one() -> None:
+    """The same weights at 2 and 8 bits under a min-max grid: the step is the per-channel range over 2^b - 1
+    levels, so step scaling gives the 2-bit layer a rate (2^8 - 1) / (2^2 - 1) = 85x larger."""
+    qm, _ = _conv_setup(10)
+    m = qm.layers[qm.layer_names[1]]
+    m.weight_quantizer.method = "minmax"
+    w = m.weight.detach().flatten(1)
+    steps = {}
+    for bits in (2, 8):
+        m.weight_quantizer.bits = bits
+        steps[bits] = cal._step_of(m)
+        want = (w.amax(1).clamp(min=0) - w.amin(1).clamp(max=0)) / (2 ** bits - 1)
+        torch.testing.assert_close(steps[bits], want, rtol=1e-6, atol=1e-9)
+    m.weight_quantizer.bits = FLOAT_BITS
+    assert cal._step_of(m) is m.weight  # a float layer: its weight's size, as relative scaling
+    a, b = nn.Parameter(w.clone()), nn.Parameter(w.clone())
+    opt, _ = cal._make_optimizer([a, b], [steps[2], steps[8]], _cfg(lr=0.1, lr_scaling="step"))
+    lrs = [g["lr"] for g in opt.param_groups]
+    assert lrs[0] / lrs[1] == pytest.approx(85.0, rel=1e-5)
 
 
 def test_augmented_sgd_batches_match_the_hand_loop() -> None:

@@ -11,7 +11,7 @@ from mixq.allocate.run import check_act_choices, run_allocation
 from mixq.bits import VALID_BITS, BitConfig, Budget
 from mixq.errors import MixqError
 from mixq.evaluation.task import Task, load_task
-from mixq.evoq.calibrate import CalibrationConfig
+from mixq.evoq.calibrate import LR_SCALINGS, CalibrationConfig
 from mixq.executor import EXECUTORS, Executor, make_executor
 from mixq.fileio import locked
 from mixq.paths import output_folder
@@ -281,6 +281,8 @@ def add_calibration_args(p: argparse.ArgumentParser, skip: bool = False) -> None
     c.add_argument("--calib-refit", action="store_true",
                    help="with --calib-holdout: use the held-out check only to choose the epochs (or no "
                         "calibration), then calibrate again on all samples for that many epochs (twice the time)")
-    c.add_argument("--calib-lr-scaling", choices=["absolute", "relative"], default=CALIB_DEFAULTS.lr_scaling,
+    c.add_argument("--calib-lr-scaling", choices=list(LR_SCALINGS), default=CALIB_DEFAULTS.lr_scaling,
                    help="relative: each tensor's learning rate is --calib-lr times its RMS, so wide layers with "
-                        "small weights move as far, relative to their size, as narrow ones (default %(default)s)")
+                        "small weights move as far, relative to their size, as narrow ones; step: a layer's "
+                        "weights at --calib-lr times its quantization step's RMS, so low-bit layers move further "
+                        "(default %(default)s)")

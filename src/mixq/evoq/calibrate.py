@@ -86,7 +86,7 @@ from mixq.quant.ranges import get_range_method
 OPTIMIZERS = ("sgd", "adam")
 FEATURES = ("layers", "output")
 SCHEDULES = ("constant", "cosine")
-LR_SCALINGS = ("absolute", "relative")
+LR_SCALINGS = ("absolute", "relative", "step")
 #: what a calibration record without the key was made with (the option's value before it existed)
 LEGACY_DEFAULTS: dict[str, Any] = {"lr_scaling": "absolute", "holdout": 0, "check_every": 10, "refit": False}
 
@@ -151,7 +151,10 @@ class CalibrationConfig:
         lr_scaling: ``"absolute"``: every parameter steps with ``lr``; ``"relative"``: each tensor's learning rate
             is ``lr`` times its own root-mean-square at the start (a layer's bias uses its weight's), so ``lr`` is
             the step as a fraction of the parameter's size and a network with small weights (wide layers) is not
-            moved further, relative to its weights, than one with large weights.
+            moved further, relative to its weights, than one with large weights; ``"step"``: a weight's (and its
+            layer's bias') learning rate is ``lr`` times the RMS of its layer's quantization step at the start
+            (the frozen grid's scale with ``learn_scale``), so a 2-bit layer moves its weights about as far,
+            relative to its grid, as an 8-bit one (float layers and learned scales: as ``"relative"``).
     """
 
     epochs: int = 200
@@ -381,13 +384,21 @@ def _dataset_loss(qm: QuantModel, calib: torch.Tensor, bs: int, tap: _FeatureTap
     return total / n
 
 
+def _step_of(m: nn.Module) -> torch.Tensor:
+    """A quantized layer's weight quantization step per channel at its bit-width (its weight for a float layer)."""
+    if m.weight_quantizer.bits == FLOAT_BITS:
+        return m.weight
+    return m.weight_quantizer.qparams(m.weight)[0]
+
+
 def _rms(t: torch.Tensor) -> float:
     return float(t.detach().float().pow(2).mean().sqrt()) if t.numel() else 0.0
 
 
 def _param_groups(params: list[nn.Parameter], sizes: list[torch.Tensor], config: CalibrationConfig) -> list[dict]:
-    """One optimizer group per parameter; with relative scaling its rate is ``lr`` times the RMS of its size
-    reference (the parameter itself, or for a bias its layer's weight), floored so that a zero tensor still moves."""
+    """One optimizer group per parameter; with relative or step scaling its rate is ``lr`` times the RMS of its
+    size reference (``sizes``: the parameter itself, its layer's weight, or its layer's quantization step),
+    floored so that a zero tensor still moves."""
     if config.lr_scaling == "absolute":
         return [{"params": params}]
     rms = [_rms(s) for s in sizes]
@@ -596,7 +607,7 @@ def _calibrate_once(qm: QuantModel, calib: torch.Tensor, config: CalibrationConf
     params: list[nn.Parameter] = [m.weight for m in layers]
     if config.train_bias:
         params += [m.bias for m in layers if m.bias is not None]
-    sizes = [m.weight for m in layers] + [m.weight for m in layers if m.bias is not None and config.train_bias]
+    biased = [m for m in layers if m.bias is not None and config.train_bias]
     result = CalibrationResult()
     try:
         targets = _teacher_targets(qm, calib, bs, student.tap, config)
@@ -608,11 +619,15 @@ def _calibrate_once(qm: QuantModel, calib: torch.Tensor, config: CalibrationConf
         incoming = None
         if held is not None:  # the model as it came is a candidate too: calibration may only make it worse
             incoming = _Incoming(student, held, params, layers, bs)
+        scales = []
         if config.learn_scale:
             for m in layers:
                 if m.weight_quantizer.bits != FLOAT_BITS:
-                    params.append(m.weight_quantizer.freeze_grid(m.weight, method=config.grid_init))
-                    sizes.append(params[-1])
+                    scales.append(m.weight_quantizer.freeze_grid(m.weight, method=config.grid_init))
+        # the tensor whose RMS scales each parameter's rate (relative and step scaling): weights, biases, scales
+        ref = {id(m): _step_of(m) if config.lr_scaling == "step" else m.weight for m in layers}
+        sizes = [ref[id(m)] for m in layers] + [ref[id(m)] for m in biased] + scales
+        params += scales
         for p in params:
             p.requires_grad_(True)
         check = None if held is None else _HoldoutCheck(student, held, incoming.target, params, bs)
