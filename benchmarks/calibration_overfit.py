@@ -33,7 +33,7 @@ import torch
 from mixq.bits import BitConfig
 from mixq.evaluation.metrics import output_mse, predict
 from mixq.evaluation.task import load_task
-from mixq.evoq.calibrate import CalibrationConfig, calibrate
+from mixq.evoq.calibrate import LR_SCALINGS, CalibrationConfig, calibrate
 from mixq.fileio import atomic_write_json
 from mixq.provenance import versions
 from mixq.quant.model import QuantModel, load_calibrated
@@ -157,6 +157,19 @@ def compare(rows: list[dict], tag: str, baseline: str | None = None) -> str:
             f"[{min(diffs):+.2f}, {max(diffs):+.2f}]")
 
 
+def _merge(new: list[dict]) -> dict:
+    """Add rows to the results file (a row of the same key replaced) and return its content; the file is read
+    just before writing, so rows another run of this script added meanwhile stay."""
+    data = json.loads(OUT.read_text()) if OUT.is_file() else {"rows": []}
+    if not new:
+        return data
+    rows = {r["run"]: r for r in data["rows"]} | {r["run"]: r for r in new}
+    data = {"rows": sorted(rows.values(), key=lambda r: r["run"]), "split": "CIFAR-10 validation (from train)",
+            "versions": versions()}
+    atomic_write_json(OUT, data)
+    return data
+
+
 def main() -> None:
     """Entry point."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,8 +183,9 @@ def main() -> None:
     p.add_argument("--refit", action="store_true",
                    help="with --holdout: choose the epochs on the held-out samples, then recalibrate on all of them")
     p.add_argument("--lr", type=float, help="recalibrate with this learning rate")
-    p.add_argument("--lr-scaling", choices=["absolute", "relative"],
-                   help="recalibrate with this learning-rate scaling (relative: lr x each tensor's RMS)")
+    p.add_argument("--lr-scaling", choices=list(LR_SCALINGS),
+                   help="recalibrate with this learning-rate scaling (relative: lr x each tensor's RMS; step: lr x "
+                        "its layer's quantization-step RMS)")
     p.add_argument("--compare", metavar="TAG",
                    help='also compare the default calibration with the rows of these settings, e.g. '
                         '"lr 0.0025, lr_scaling relative" (README markers <!-- calibration-compare -->)')
@@ -182,18 +196,12 @@ def main() -> None:
                    help="README marker name of the --compare table (default %(default)s)")
     p.add_argument("--readme", type=Path, help="write the table(s) into this README between the markers")
     a = p.parse_args()
-    new = []
+    changes = {k: v for k, v in (("holdout", a.holdout), ("refit", a.refit), ("grid_init", a.grid_init),
+                                 ("lr", a.lr), ("lr_scaling", a.lr_scaling)) if v}
+    data = _merge([])
     for run in a.runs:
-        changes = {k: v for k, v in (("holdout", a.holdout), ("refit", a.refit), ("grid_init", a.grid_init),
-                                     ("lr", a.lr), ("lr_scaling", a.lr_scaling)) if v}
-        new.append(measure(run, a.n_val, a.batch_size, changes))
+        data = _merge([measure(run, a.n_val, a.batch_size, changes)])  # saved at once: a stop loses one run
         print(f"{run} done", flush=True)
-    # read the file only now: another run of this script may have added rows meanwhile
-    data = json.loads(OUT.read_text()) if OUT.is_file() else {"rows": []}
-    rows = {r["run"]: r for r in data["rows"]} | {r["run"]: r for r in new}
-    data = {"rows": sorted(rows.values(), key=lambda r: r["run"]), "split": "CIFAR-10 validation (from train)",
-            "versions": versions()}
-    atomic_write_json(OUT, data)
     text = table(data["rows"])
     print(text)
     if a.readme:
