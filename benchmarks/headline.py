@@ -32,6 +32,7 @@ import json
 import math
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,13 @@ HEADLINE = {"resnet20-jpeg": (2.5, 3.0), "mobilenetv2-jpeg": (3.0,), "shufflenet
 GOALS: dict[tuple[str, float], tuple[str, float]] = {
     ("mobilenetv2-jpeg", 3.0): ("at least", 87.9), ("shufflenetv2-x0.5", 3.0): ("at least", 80.0),
     ("resnet18-jpeg", 2.5): ("at least", 90.2), ("efficientnet-lite0", 4.0): ("below FP32 by at most", 1.5)}
+#: The library's calibration defaults over time, oldest first, by the settings that changed: the per-row change
+#: table shows each row's top-1 under every one of them that it was calibrated with.
+DEFAULT_HISTORY: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("absolute lr 3e-4", {"lr": 3e-4, "lr_scaling": "absolute"}),
+    ("relative lr 2.5e-3", {"lr": 2.5e-3, "lr_scaling": "relative"}),
+    ("step lr 4e-3", {"lr": 4e-3, "lr_scaling": "step"}),
+)
 MARK = "<!-- headline -->"
 INITS = ("uniform", "ilp")
 INIT_LABEL = {"uniform": "paper's uniform start", "ilp": "ILP start"}
@@ -137,12 +145,34 @@ def summarise(models: list[str]) -> dict[str, Any]:
                          "after": seed_stats([r["quant_top1"] for r in rs]),
                          "seconds": seed_stats([r["total_seconds"] for r in rs]),
                          "stale_calibration": sorted(r["seed"] for r in rs if not _current(r)),
-                         "after_earlier": seed_stats([r["previous_calibrations"][0]["quant_top1"] for r in rs
-                                                      if r.get("previous_calibrations")]),
+                         "after_by_default": _by_default(rs),
                          "n_test": rs[0]["n_test"], "test_split": rs[0]["test_split"]})
         if rows:
             summary["models"][model] = rows
     return summary
+
+
+def _default_label(calibration: dict[str, Any], seed: int) -> str | None:
+    """The name of the library default (:data:`DEFAULT_HISTORY`) a calibration record was made with, or None."""
+    config = CalibrationConfig.from_record(calibration)
+    for label, settings in DEFAULT_HISTORY:
+        if config == CalibrationConfig(seed=seed, **settings):
+            return label
+    return None
+
+
+def _by_default(rs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per earlier or current library default: top-1 after calibration per seed calibrated with it (the run's
+    current calibration or one kept in ``previous_calibrations``), ``{label: {seed: top-1}}``."""
+    values: dict[str, dict[str, float]] = {}
+    for r in rs:
+        records = [*r.get("previous_calibrations", []), {"quant_top1": r["quant_top1"],
+                                                         "calibration": r.get("calibration")}]
+        for c in records:
+            label = _default_label(c["calibration"], r["seed"]) if c.get("calibration") else None
+            if label is not None:
+                values.setdefault(label, {})[str(r["seed"])] = c["quant_top1"]
+    return {label: values[label] for label, _ in DEFAULT_HISTORY if label in values}
 
 
 def _current(record: dict[str, Any]) -> bool:
@@ -203,26 +233,38 @@ def tables(summary: dict[str, Any]) -> str:
         table = grid_table(["configuration", "avg bits", "weights MB", "top-1 before calibration", "top-1 calibrated",
                             "mixed - uniform (calibrated); goal", "seeds"], lines)
         if any(r.get("stale_calibration") for r in rows):
-            table += ("\n\n† some seeds still calibrated with the earlier default (absolute learning rate 3e-4); "
+            table += ("\n\n† some seeds still calibrated with an earlier default; "
                       "`python benchmarks/headline.py` recalibrates them")
         parts.append(head + "\n\n" + table)
     return "\n\n".join(parts) if parts else "(no finished runs yet)"
 
 
 def calibration_change(summary: dict[str, Any]) -> str:
-    """Per row: top-1 with the earlier calibration default against today's, over the seeds that have both."""
+    """Per row: top-1 under each calibration default it was calibrated with (mean [min, max] over the seeds of
+    each), and the change from the previous default to today's over the seeds calibrated with both."""
+    today = _default_label(asdict(CalibrationConfig()), 0)
+    labels = [label for label, _ in DEFAULT_HISTORY]
+    shown = labels[:labels.index(today) + 1] if today in labels else labels
     body = []
     for model, rows in summary["models"].items():
         for r in rows:
-            e = r.get("after_earlier")
-            if e is None or r.get("stale_calibration"):
+            by = r.get("after_by_default", {})
+            if r.get("stale_calibration") or len(by) < 2:
                 continue
-            body.append([model, r["row"], str(e["n"]), _spread(r["before"]), _spread(e), _spread(r["after"]),
-                         f"{r['after']['mean'] - e['mean']:+.2f}"])
+            earlier = [label for label in shown[:-1] if label in by]
+            change = ""
+            if today in by and earlier:
+                both = sorted(set(by[today]) & set(by[earlier[-1]]))
+                diffs = [by[today][k] - by[earlier[-1]][k] for k in both]
+                change = f"{np.mean(diffs):+.2f} ({len(both)} seed{'s' * (len(both) > 1)})" if both else ""
+            body.append([model, r["row"], str(len(r["seeds"])), _spread(r["before"]),
+                         *[_spread(seed_stats(list(by[label].values()))) if label in by else "-" for label in shown],
+                         change])
     if not body:
         return "(no row recalibrated yet)"
-    return grid_table(["model", "row", "seeds", "before calibration", "earlier default (absolute lr 3e-4)",
-                       "default (relative lr 2.5e-3)", "change of the mean"], body)
+    return grid_table(["model", "row", "seeds", "before calibration",
+                       *[f"{label}{' (default)' if label == today else ''}" for label in shown],
+                       "change from the previous default (paired seeds)"], body)
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
