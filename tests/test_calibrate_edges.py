@@ -512,10 +512,18 @@ def test_augmented_full_batch_with_learned_scale_matches_the_hand_loop() -> None
 
 
 def test_relative_rates_with_learned_scale_match_the_hand_loop() -> None:
-    """The default (relative) scaling: each weight, bias (its weight's RMS) and grid scale at its own rate."""
+    """Relative scaling: each weight, bias (its weight's RMS) and grid scale at its own rate."""
     qm, x = _conv_setup(10)
-    cfg = CalibrationConfig(epochs=3, batch_size=4, augment=True, schedule="cosine", seed=5)
-    assert cfg.lr_scaling == "relative"
+    cfg = CalibrationConfig(epochs=3, lr=2.5e-3, batch_size=4, augment=True, schedule="cosine", seed=5,
+                            lr_scaling="relative")
+    _compare_with_hand_loop(qm, x, cfg)
+
+
+def test_default_rates_are_step_scaled_and_match_the_hand_loop() -> None:
+    """The default since #13's fourth round: step scaling at lr 4e-3."""
+    qm, x = _conv_setup(10)
+    cfg = CalibrationConfig(epochs=3, batch_size=4, seed=5)
+    assert (cfg.lr, cfg.lr_scaling) == (4e-3, "step")
     _compare_with_hand_loop(qm, x, cfg)
 
 
@@ -842,8 +850,11 @@ def test_run_signature_leaves_out_absolute_lr_scaling_only():
     old = run_signature(_Task(), RunOptions(budget=Budget(avg_bits=3.0),
                                             calibration=CalibrationConfig(lr=3e-4, lr_scaling="absolute")))
     assert "lr_scaling" not in old["calibration"]  # the setting before the option existed: old runs resume
-    rel = run_signature(_Task(), RunOptions(budget=Budget(avg_bits=3.0)))
+    rel = run_signature(_Task(), RunOptions(budget=Budget(avg_bits=3.0),
+                                            calibration=CalibrationConfig(lr=2.5e-3, lr_scaling="relative")))
     assert rel["calibration"]["lr_scaling"] == "relative"
+    default = run_signature(_Task(), RunOptions(budget=Budget(avg_bits=3.0)))
+    assert default["calibration"]["lr_scaling"] == "step"
 
 
 # -- refit: the holdout chooses, all samples train --------------------------------------------------------------

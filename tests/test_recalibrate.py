@@ -15,7 +15,7 @@ from mixq.evoq.calibrate import LEGACY_DEFAULTS, CalibrationConfig
 from mixq.evoq.pipeline import RunOptions, recalibrate_run, run_evoq, run_uniform
 
 OLD = CalibrationConfig(epochs=1, batch_size=8, seed=0, lr=3e-4, lr_scaling="absolute")
-NEW = CalibrationConfig(epochs=2, batch_size=8, seed=0)
+NEW = CalibrationConfig(epochs=2, batch_size=8, seed=0, lr=2.5e-3, lr_scaling="relative")
 
 
 @pytest.fixture(scope="module")
