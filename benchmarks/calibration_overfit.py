@@ -157,13 +157,16 @@ def compare(rows: list[dict], tag: str, baseline: str | None = None) -> str:
             f"[{min(diffs):+.2f}, {max(diffs):+.2f}]")
 
 
-def _merge(new: list[dict]) -> dict:
-    """Add rows to the results file (a row of the same key replaced) and return its content; the file is read
+def _load() -> dict:
+    """The results file's content."""
+    return json.loads(OUT.read_text()) if OUT.is_file() else {"rows": []}
+
+
+def _merge(row: dict) -> dict:
+    """Add a row to the results file (a row of the same key replaced) and return its content; the file is read
     just before writing, so rows another run of this script added meanwhile stay."""
-    data = json.loads(OUT.read_text()) if OUT.is_file() else {"rows": []}
-    if not new:
-        return data
-    rows = {r["run"]: r for r in data["rows"]} | {r["run"]: r for r in new}
+    data = _load()
+    rows = {r["run"]: r for r in data["rows"]} | {row["run"]: row}
     data = {"rows": sorted(rows.values(), key=lambda r: r["run"]), "split": "CIFAR-10 validation (from train)",
             "versions": versions()}
     atomic_write_json(OUT, data)
@@ -198,9 +201,9 @@ def main() -> None:
     a = p.parse_args()
     changes = {k: v for k, v in (("holdout", a.holdout), ("refit", a.refit), ("grid_init", a.grid_init),
                                  ("lr", a.lr), ("lr_scaling", a.lr_scaling)) if v}
-    data = _merge([])
+    data = _load()
     for run in a.runs:
-        data = _merge([measure(run, a.n_val, a.batch_size, changes)])  # saved at once: a stop loses one run
+        data = _merge(measure(run, a.n_val, a.batch_size, changes))  # saved at once: a stop loses one run
         print(f"{run} done", flush=True)
     text = table(data["rows"])
     print(text)

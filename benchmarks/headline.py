@@ -32,7 +32,6 @@ import json
 import math
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -152,11 +151,10 @@ def summarise(models: list[str]) -> dict[str, Any]:
     return summary
 
 
-def _default_label(calibration: dict[str, Any], seed: int) -> str | None:
-    """The name of the library default (:data:`DEFAULT_HISTORY`) a calibration record was made with, or None."""
-    config = CalibrationConfig.from_record(calibration)
+def _default_label(config: CalibrationConfig) -> str | None:
+    """The name of the library default (:data:`DEFAULT_HISTORY`) these settings are (any seed), or None."""
     for label, settings in DEFAULT_HISTORY:
-        if config == CalibrationConfig(seed=seed, **settings):
+        if config == CalibrationConfig(seed=config.seed, **settings):
             return label
     return None
 
@@ -169,7 +167,7 @@ def _by_default(rs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         records = [*r.get("previous_calibrations", []), {"quant_top1": r["quant_top1"],
                                                          "calibration": r.get("calibration")}]
         for c in records:
-            label = _default_label(c["calibration"], r["seed"]) if c.get("calibration") else None
+            label = _default_label(CalibrationConfig.from_record(c["calibration"])) if c.get("calibration") else None
             if label is not None:
                 values.setdefault(label, {})[str(r["seed"])] = c["quant_top1"]
     return {label: values[label] for label, _ in DEFAULT_HISTORY if label in values}
@@ -242,7 +240,7 @@ def tables(summary: dict[str, Any]) -> str:
 def calibration_change(summary: dict[str, Any]) -> str:
     """Per row: top-1 under each calibration default it was calibrated with (mean [min, max] over the seeds of
     each), and the change from the previous default to today's over the seeds calibrated with both."""
-    today = _default_label(asdict(CalibrationConfig()), 0)
+    today = _default_label(CalibrationConfig())
     labels = [label for label, _ in DEFAULT_HISTORY]
     shown = labels[:labels.index(today) + 1] if today in labels else labels
     body = []

@@ -612,10 +612,8 @@ def _calibrate_once(qm: QuantModel, calib: torch.Tensor, config: CalibrationConf
     # (and a copy of their store, which nobody empties)
     student = _Student(qm, None, copy.deepcopy(qm) if config.augment else None, None)
     student.tap = _FeatureTap(layers, qm.layer_names) if use_feats else None
-    params: list[nn.Parameter] = [m.weight for m in layers]
-    if config.train_bias:
-        params += [m.bias for m in layers if m.bias is not None]
     biased = [m for m in layers if m.bias is not None and config.train_bias]
+    params: list[nn.Parameter] = [m.weight for m in layers] + [m.bias for m in biased]
     result = CalibrationResult()
     try:
         targets = _teacher_targets(qm, calib, bs, student.tap, config)

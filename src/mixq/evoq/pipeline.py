@@ -186,7 +186,7 @@ def _tables(qm: QuantModel, task: Task, signature: dict[str, Any], config: EvoQC
             executor: Executor, out: Path) -> tuple[SensitivityTable, SensitivityTable | None, float, float]:
     """The weight table and (with activation genes) the activation table, each resumed from ``out`` when it
     was measured with the same settings; the seconds their measurement took (an earlier process's, for a
-    resumed table) and the part of them spent by earlier processes."""
+    resumed table) and the part of them spent by earlier processes (None when no table was resumed)."""
     table, seconds, earlier = _table(
         out / "sensitivity.json", sensitivity_signature(signature, qm.layer_names),
         lambda: compute_sensitivity(qm, task.calib, bits=SENSITIVITY_BITS, progress=options.progress,
@@ -197,14 +197,16 @@ def _tables(qm: QuantModel, task: Task, signature: dict[str, Any], config: EvoQC
             out / "act_sensitivity.json", sensitivity_signature(signature, qm.layer_names, config.act_choices),
             lambda: compute_act_sensitivity(qm, task.calib, bits=config.act_choices, progress=options.progress,
                                             executor=executor, prefix_mb=options.prefix_mb))
-        seconds, earlier = seconds + act_seconds, earlier + act_earlier
+        seconds += act_seconds
+        if act_earlier is not None:
+            earlier = (earlier or 0.0) + act_earlier
     return table, act_table, seconds, earlier
 
 
 def _table(path: Path, signature: dict[str, Any], measure: Callable[[], SensitivityTable]
-           ) -> tuple[SensitivityTable, float, float]:
+           ) -> tuple[SensitivityTable, float, float | None]:
     """The table saved at ``path`` with this signature, else ``measure()`` saved there; with the seconds its
-    measurement took and, of those, the seconds spent by an earlier process (all of them for a saved table)."""
+    measurement took and, for a saved table, the same seconds as spent by an earlier process (None: measured now)."""
     cached = _cached_sensitivity(path, signature)
     if cached is not None:
         return cached[0], cached[1], cached[1]
@@ -212,7 +214,7 @@ def _table(path: Path, signature: dict[str, Any], measure: Callable[[], Sensitiv
     table = measure()
     seconds = time.perf_counter() - t0
     table.save(path.parent, signature=signature, stem=path.stem, seconds=seconds)
-    return table, seconds, 0.0
+    return table, seconds, None
 
 
 def check_feasible(qm: QuantModel, budget: Budget, min_bits: int) -> None:
@@ -334,7 +336,7 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
         "initial_fitness": result.best_history[0],
         "search_seconds": result.seconds,
         "sensitivity_seconds": table_seconds,
-        "sensitivity_resumed": earlier_seconds > 0,
+        "sensitivity_resumed": earlier_seconds is not None,
         "iterations": result.iterations,
         "evaluations": result.evaluations,
         "prefix_cache": {"max_mb": options.prefix_mb, **result.layer_passes},
@@ -365,7 +367,7 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
     else:
         record["quant_top1"] = search_top1
     # the whole run's wall time, earlier processes' part of a resumed one included
-    record["total_seconds"] = time.perf_counter() - t_start + earlier_seconds + result.resumed_seconds
+    record["total_seconds"] = time.perf_counter() - t_start + (earlier_seconds or 0.0) + result.resumed_seconds
     atomic_write_json(out / "result.json", record)
     return record
 
