@@ -155,6 +155,36 @@ def test_evoq_checkpoints_every_generation(net, monkeypatch):
     assert _iteration(net / "r" / "search_state.json") == 7  # nothing lost but the child in flight
 
 
+def test_unfinished_search_resumes_under_other_calibration_settings(net, monkeypatch, capsys):
+    """Calibration comes after the search: changing its settings keeps an unfinished search, not a finished run."""
+    from mixq.evoq import bitsearch
+
+    step = bitsearch.TournamentEvolution.step
+
+    def dying(self):
+        if self.state.iteration == 7:
+            raise KeyboardInterrupt
+        step(self)
+
+    calibrated = [*EVOQ[:-2], "--calib-epochs", "2", "--no-progress"]
+    with monkeypatch.context() as m:
+        m.setattr(bitsearch.TournamentEvolution, "step", dying)
+        assert main([*EVOQ, "--out", str(net / "r")]) == 130  # started without calibration
+    capsys.readouterr()
+    assert main([*calibrated, "--out", str(net / "r")]) == 0  # resumed, then calibrated
+    assert main([*calibrated, "--out", str(net / "fresh")]) == 0
+    resumed, fresh = (json.loads((net / d / "result.json").read_text()) for d in ("r", "fresh"))
+    _same_run(resumed, fresh)
+    assert resumed["calibration"]["epochs"] == 2
+    # the finished run is not overwritten by a rerun with still other calibration settings
+    before = (net / "r" / "result.json").read_bytes()
+    assert main([*calibrated[:-3], "--calib-epochs", "3", "--no-progress", "--out", str(net / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "belongs to a finished run that was made with other settings (calibration.epochs: 2 -> 3)" in err
+    assert "mixq recalibrate" in err and err.count("\n") == 1, err
+    assert (net / "r" / "result.json").read_bytes() == before
+
+
 def test_evoq_offspring_batches_go_through_the_executor_and_resume(net, monkeypatch):
     import mixq.cli.common as common
     from mixq.evoq import bitsearch

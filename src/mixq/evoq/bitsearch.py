@@ -519,6 +519,15 @@ def _fitness_item(state: FitnessEvaluator | tuple[QuantModel, torch.Tensor, torc
 RESUME_HINT = "rerun with --overwrite (overwrite=True) to discard it, or use another output folder"
 
 
+# Run settings a pipeline stores in its checkpoint's signature that the search does not depend on (calibration
+# and the uniform baseline come after it): an unfinished search resumes when only they changed.
+NOT_SEARCH_SETTINGS = ("calibrate", "calibration", "evaluate_uniform")
+
+
+def _search_settings(signature: dict) -> dict:
+    return {k: v for k, v in signature.items() if k not in NOT_SEARCH_SETTINGS}
+
+
 class _SearchCheckpoint:
     """The JSON file a search saves its state to and resumes from, tied to the search by a signature.
 
@@ -549,7 +558,8 @@ class _SearchCheckpoint:
         except (OSError, json.JSONDecodeError) as exc:
             raise MixqError(f"search checkpoint {name!r} is unreadable: {exc}; {RESUME_HINT}") from None
         signature = saved.get("signature") if isinstance(saved, dict) else None
-        check_signature(signature if isinstance(signature, dict) else {}, self.signature,
+        signature = signature if isinstance(signature, dict) else {}
+        check_signature(_search_settings(signature), _search_settings(self.signature),
                         f"search checkpoint {name!r}", RESUME_HINT)
         try:
             state, seconds = EvolutionState.from_dict(saved["state"]), float(saved.get("seconds", 0.0))
