@@ -109,6 +109,24 @@ def test_tap_keeps_first_element_of_a_tuple_output() -> None:
     assert not m._forward_hooks
 
 
+def test_tap_hands_a_single_call_over_without_a_copy_and_the_loss_is_the_flat_mse() -> None:
+    """A layer called once gives its output itself (channels-last too); the loss matches the flattened formula."""
+    conv = nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    tap = cal._FeatureTap([conv], ["conv"])
+    x = torch.randn(5, 3, 8, 8).to(memory_format=torch.channels_last)
+    out = conv(x)
+    (feat,) = tap.take(5)
+    assert feat is out
+    target = torch.randn(5, 4, 6, 6)  # another layout than the feature's: the loss is elementwise
+    logits, t_logits = torch.randn(5, 10), torch.randn(5, 10)
+    config = cal.CalibrationConfig(alpha=0.7, beta=1.3)
+    got = cal._loss(logits, [feat], t_logits, [target], [2.0], config)
+    flat = ((feat.permute(0, 2, 3, 1).reshape(5, -1) - target.permute(0, 2, 3, 1).reshape(5, -1)) ** 2).mean()
+    want = 0.7 * ((logits - t_logits) ** 2).mean() + 1.3 * flat / 2.0
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+    tap.close()
+
+
 def test_tap_concatenates_calls_and_fills_uncalled_layers() -> None:
     """Two calls of a layer are concatenated along the feature axis; a layer not called gives (n, 0)."""
     a, b = nn.Identity(), nn.Identity()

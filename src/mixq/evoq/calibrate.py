@@ -304,11 +304,20 @@ class _FeatureTap:
             n: the batch size of that forward.
 
         Returns:
-            One ``(n, F)`` tensor per layer.
+            One tensor per layer with the batch on axis 0: the output itself for a layer called once with its
+            batch on axis 0 (no copy: the loss is elementwise, so layout does not matter), else its calls
+            flattened per sample and concatenated, ``(n, F)``.
         """
         calls, self.outputs = self.outputs, [[] for _ in self.outputs]
-        return [torch.cat([self._per_sample(o, n, name) for o in c], 1) if c else torch.zeros(n, 0)
-                for c, name in zip(calls, self.names, strict=True)]
+        return [self._features(c, n, name) for c, name in zip(calls, self.names, strict=True)]
+
+    @classmethod
+    def _features(cls, calls: list[torch.Tensor], n: int, name: str) -> torch.Tensor:
+        if not calls:
+            return torch.zeros(n, 0)
+        if len(calls) == 1 and calls[0].dim() >= 2 and calls[0].shape[0] == n:
+            return calls[0]
+        return torch.cat([cls._per_sample(o, n, name) for o in calls], 1)
 
     @staticmethod
     def _per_sample(out: torch.Tensor, n: int, name: str) -> torch.Tensor:
@@ -332,7 +341,7 @@ def _loss(
     scales: list[float],
     config: CalibrationConfig,
 ) -> torch.Tensor:
-    loss = config.alpha * torch.mean((logits - t_logits) ** 2)
+    loss = config.alpha * F.mse_loss(logits, t_logits)
     if feats and config.beta > 0:
         terms = []
         for f, t, s in zip(feats, t_feats, scales, strict=True):
@@ -341,7 +350,7 @@ def _loss(
                                 f"({tuple(t.shape)} vs {tuple(f.shape)}): a data-dependent branch? Calibrate with "
                                 "features='output'")
             if t.numel() > 0:
-                terms.append(torch.mean((f - t) ** 2) / s)
+                terms.append(F.mse_loss(f, t) / s)
         if terms:
             loss = loss + config.beta * torch.stack(terms).mean()
     return loss
