@@ -543,8 +543,13 @@ class _SearchCheckpoint:
         self.iterations = iterations
         self._encoder: _StateEncoder | None = None
 
-    def load(self) -> tuple[EvolutionState | None, float]:
+    def load(self, finished_hint: str | None = None) -> tuple[EvolutionState | None, float]:
         """The saved state and seconds already spent, or ``(None, 0.0)`` when there is no checkpoint.
+
+        Args:
+            finished_hint: given when the checkpoint belongs to a finished run: then every setting must match,
+                the ones applied after the search (:data:`NOT_SEARCH_SETTINGS`) too, and a mismatch names this
+                hint; otherwise an unfinished search resumes when only those changed.
 
         Raises:
             MixqError: an unreadable checkpoint, one made with other settings (naming each), one that
@@ -559,6 +564,9 @@ class _SearchCheckpoint:
             raise MixqError(f"search checkpoint {name!r} is unreadable: {exc}; {RESUME_HINT}") from None
         signature = saved.get("signature") if isinstance(saved, dict) else None
         signature = signature if isinstance(signature, dict) else {}
+        if finished_hint is not None:
+            check_signature(signature, self.signature, f"search checkpoint {name!r} belongs to a finished run that",
+                            f"{RESUME_HINT}; {finished_hint}")
         check_signature(_search_settings(signature), _search_settings(self.signature),
                         f"search checkpoint {name!r}", RESUME_HINT)
         try:

@@ -282,24 +282,6 @@ def run_evoq(task: Task, options: RunOptions, config: EvoQConfig, out: str | os.
         return _run_locked(task, options, config, out, overwrite, executor or SerialExecutor())
 
 
-def _refuse_finished_with_other_settings(out: Path, signature: dict[str, Any]) -> None:
-    """A finished run (``result.json`` beside its checkpoint) is not redone with other calibration settings.
-
-    An unfinished search resumes when only the settings applied after it changed (calibration, the uniform
-    baseline); a finished run's result would be overwritten, so it is refused, naming the settings.
-    """
-    state = out / "search_state.json"
-    if not (out / "result.json").exists() or not state.exists():
-        return
-    try:
-        saved = json.loads(state.read_text()).get("signature")
-    except (OSError, ValueError, AttributeError):
-        return  # the checkpoint's own load() has judged it readable; nothing more to compare
-    check_signature(saved if isinstance(saved, dict) else {}, signature,
-                    f"search checkpoint {str(state)!r} belongs to a finished run that",
-                    f"{RESUME_HINT}; `mixq recalibrate {out}` calibrates its search again with other settings")
-
-
 def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, overwrite: bool,
                 executor: Executor) -> dict:
     t_start = time.perf_counter()
@@ -314,9 +296,12 @@ def _run_locked(task: Task, options: RunOptions, config: EvoQConfig, out: Path, 
     signature = run_signature(task, options)
     limit = options.budget.max_bit_params(qm.total_params)
     # refuse a stale checkpoint or table before any work
-    full = search_signature(qm.layer_names, limit, config, signature, options.budget.max_bitops)
-    _SearchCheckpoint(out / "search_state.json", full, config.iterations).load()
-    _refuse_finished_with_other_settings(out, full)
+    # (a finished run is not redone under other calibration settings: its result would be overwritten)
+    finished = (out / "result.json").exists()
+    _SearchCheckpoint(out / "search_state.json",
+                      search_signature(qm.layer_names, limit, config, signature, options.budget.max_bitops),
+                      config.iterations).load(
+        f"`mixq recalibrate {out}` calibrates its search again with other settings" if finished else None)
     reference = predict(task.model, task.calib)  # float logits (N, K)
     table, act_table, table_seconds, earlier_seconds = _tables(qm, task, signature, config, options, executor, out)
     result: EvoQResult = evoq_search(
