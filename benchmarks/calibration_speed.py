@@ -27,8 +27,7 @@ from mixq.quant.model import QuantModel
 from mixq.timing import median_seconds
 
 
-def _plain_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> None:
-    opt = torch.optim.Adam(model.parameters(), lr=1e-6)
+def _plain_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, target: torch.Tensor) -> None:
     opt.zero_grad(set_to_none=True)
     F.mse_loss(model(x), target).backward()
     opt.step()
@@ -47,7 +46,8 @@ def main() -> None:
     plain = copy.deepcopy(task.model).train(False)
     with torch.no_grad():
         target = plain(x)
-    t_plain = median_seconds(lambda: _plain_step(plain, x, target), args.repeats)
+    opt = torch.optim.Adam(plain.parameters(), lr=1e-6)  # made once, as calibration makes its own once
+    t_plain = median_seconds(lambda: _plain_step(plain, opt, x, target), args.repeats)
 
     qm = QuantModel(task.model, calib=x)
     qm.set_bits({name: args.target_bits for name in qm.layer_names})
