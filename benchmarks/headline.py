@@ -13,6 +13,11 @@ the uniform points, then the other targets, each over all seeds, so a stopped se
 Every run is a folder ``results/headline/MODEL/{mixed-T,uniform-B}/seed-S``; finished runs are skipped
 and an interrupted search resumes from its checkpoint.
 
+Part ``samples`` is the paper's Table I on MobileNetV2 at 3.0 bits: the same mixed run with 100 / 200 / 400
+calibration images (``mixed-ilp-3.0-nN``; the 50-image row is the headline run). Fitness and calibration both
+see all N images (calibration keeps its 200 epochs of 64-image batches), so a run costs about N / 50 times
+the 50-image one.
+
 Splits: calibration images from the CIFAR-10 train split (never the validation part), top-1 on the full
 test split (10,000 images); EfficientNet-Lite0: 50 calibration images from the ImageNet sample, top-1 on
 the other 950. FP32 of the same evaluation beside every row. Settings are the library defaults, chosen on
@@ -22,6 +27,7 @@ again, its search kept (:func:`recalibrate_run`; the earlier result stays in ``p
 
     python benchmarks/headline.py --models shufflenetv2-x0.5              # run what is missing
     python benchmarks/headline.py --models shufflenetv2-x0.5 --parts headline
+    python benchmarks/headline.py --models mobilenetv2-jpeg --parts samples --seeds 0
     python benchmarks/headline.py --no-run --readme README.md              # tables and plot from the folders
 """
 
@@ -70,6 +76,10 @@ DEFAULT_HISTORY: tuple[tuple[str, dict[str, Any]], ...] = (
     ("step lr 4e-3", {"lr": 4e-3, "lr_scaling": "step"}),
 )
 MARK = "<!-- headline -->"
+#: The paper's Table I, as #13 asks for it: calibration sample counts of the mixed run of this model and target.
+SAMPLE_SIZES = (50, 100, 200, 400)
+SAMPLES_MODEL, SAMPLES_TARGET = "mobilenetv2-jpeg", 3.0
+SAMPLES_MARK = "<!-- headline-samples -->"
 INITS = ("uniform", "ilp")
 INIT_LABEL = {"uniform": "paper's uniform start", "ilp": "ILP start"}
 
@@ -84,17 +94,19 @@ def _options(model: str, seed: int, budget: Budget) -> RunOptions:
                       progress=False, channels_last=model in CHANNELS_LAST)
 
 
-def _mixed_name(init: str, target: float) -> str:
-    return f"mixed-{target}" if init == "uniform" else f"mixed-{init}-{target}"
+def _mixed_name(init: str, target: float, samples: int = 50) -> str:
+    name = f"mixed-{target}" if init == "uniform" else f"mixed-{init}-{target}"
+    return name if samples == 50 else f"{name}-n{samples}"
 
 
-def run_mixed(model: str, target: float, seed: int, init: str) -> None:
-    """EvoQ at ``target`` average bits, then calibration (skipped when its result exists)."""
-    out = OUT / model / _mixed_name(init, target) / f"seed-{seed}"
+def run_mixed(model: str, target: float, seed: int, init: str, samples: int = 50) -> None:
+    """EvoQ at ``target`` average bits with ``samples`` calibration images, then calibration (skipped when its
+    result exists)."""
+    out = OUT / model / _mixed_name(init, target, samples) / f"seed-{seed}"
     if not (out / "result.json").is_file():
-        task = load_task(model, samples=50, seed=seed)
+        task = load_task(model, samples=samples, seed=seed)
         run_evoq(task, _options(model, seed, Budget(avg_bits=target)), EvoQConfig(seed=seed, init=init), out)
-        print(f"{model} mixed ({init} start) {target} seed {seed} done", flush=True)
+        print(f"{model} mixed ({init} start) {target} seed {seed} ({samples} samples) done", flush=True)
     else:
         _recalibrate_stale(model, seed, out)
 
@@ -103,7 +115,8 @@ def _recalibrate_stale(model: str, seed: int, out: Path) -> None:
     """A finished run calibrated with settings other than today's defaults is calibrated again (search kept)."""
     record = json.loads((out / "result.json").read_text())
     if "calibration" in record and not _current(record):
-        r = recalibrate_run(load_task(model, samples=50, seed=seed), CalibrationConfig(seed=seed), out)
+        task = load_task(model, samples=record.get("samples", 50), seed=seed)
+        r = recalibrate_run(task, CalibrationConfig(seed=seed), out)
         print(f"{out.relative_to(OUT)} recalibrated: {r['previous_calibrations'][-1]['quant_top1']:.2f} -> "
               f"{r['quant_top1']:.2f}", flush=True)
 
@@ -148,6 +161,21 @@ def summarise(models: list[str]) -> dict[str, Any]:
                          "n_test": rs[0]["n_test"], "test_split": rs[0]["test_split"]})
         if rows:
             summary["models"][model] = rows
+    samples = []
+    for n in SAMPLE_SIZES:
+        rs = _results(SAMPLES_MODEL, _mixed_name("ilp", SAMPLES_TARGET, n))
+        if rs:
+            samples.append({"samples": n, "seeds": sorted(r["seed"] for r in rs),
+                            "avg_bits": seed_stats([r["avg_bits"] for r in rs]),
+                            "fp32": seed_stats([r["fp32_top1"] for r in rs]),
+                            "before": seed_stats([r["search_top1"] for r in rs]),
+                            "after": seed_stats([r["quant_top1"] for r in rs]),
+                            "search_seconds": seed_stats([r["search_seconds"] for r in rs]),
+                            "calibration_seconds": seed_stats([r["calibration"]["seconds"] for r in rs]),
+                            "stale_calibration": sorted(r["seed"] for r in rs if not _current(r)),
+                            "n_test": rs[0]["n_test"], "test_split": rs[0]["test_split"]})
+    if samples:
+        summary["samples"] = {"model": SAMPLES_MODEL, "target_bits": SAMPLES_TARGET, "rows": samples}
     return summary
 
 
@@ -237,6 +265,23 @@ def tables(summary: dict[str, Any]) -> str:
     return "\n\n".join(parts) if parts else "(no finished runs yet)"
 
 
+def samples_table(summary: dict[str, Any]) -> str:
+    """The paper's Table I: the mixed run by number of calibration images (mean [min, max] over seeds)."""
+    part = summary.get("samples")
+    if not part:
+        return "(no finished runs yet)"
+    rows = part["rows"]
+    lines = [[str(r["samples"]), f"{r['avg_bits']['mean']:.3f}", _spread(r["before"]),
+              _spread(r["after"]) + (" †" if r["stale_calibration"] else ""),
+              f"{r['search_seconds']['mean'] / 60:.1f}", f"{r['calibration_seconds']['mean'] / 60:.1f}",
+              str(len(r["seeds"]))] for r in rows]
+    head = (f"**{part['model']}**, EvoQ mixed (ILP start) at {part['target_bits']} average weight bits by number of "
+            f"calibration images (search fitness and calibration both use them); FP32 {_spread(rows[0]['fp32'])} on "
+            f"{rows[0]['n_test']} images ({rows[0]['test_split']})")
+    return head + "\n\n" + grid_table(["calibration images", "avg bits", "top-1 before calibration",
+                                         "top-1 calibrated", "search min", "calibration min", "seeds"], lines)
+
+
 def calibration_change(summary: dict[str, Any]) -> str:
     """Per row: top-1 under each calibration default it was calibrated with (mean [min, max] over the seeds of
     each), and the change from the previous default to today's over the seeds calibrated with both."""
@@ -297,7 +342,7 @@ def main() -> None:
     """Entry point."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["shufflenetv2-x0.5"], choices=sorted(TARGETS))
-    parts = ["headline", "uniform", "rest"]
+    parts = ["headline", "uniform", "rest", "samples"]
     p.add_argument("--parts", nargs="+", default=parts, choices=parts)
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--uniform", nargs="+", type=int, default=list(UNIFORM), choices=UNIFORM,
@@ -328,6 +373,10 @@ def main() -> None:
                         for init in a.init:
                             for seed in a.seeds:
                                 run_mixed(model, t, seed, init)
+            if "samples" in a.parts and model == SAMPLES_MODEL:
+                for n in SAMPLE_SIZES[1:]:
+                    for seed in a.seeds:
+                        run_mixed(model, SAMPLES_TARGET, seed, "ilp", n)
     summary = summarise(list(TARGETS))
     OUT.mkdir(parents=True, exist_ok=True)
     atomic_write_json(OUT / "summary.json", summary)
@@ -336,9 +385,13 @@ def main() -> None:
     print(table)
     change = calibration_change(summary)
     print(change)
+    samples = samples_table(summary)
+    print(samples)
     if a.readme:
         splice_between(a.readme, MARK, table)
         splice_between(a.readme, "<!-- headline-calibration -->", change)
+        if SAMPLES_MARK in a.readme.read_text():
+            splice_between(a.readme, SAMPLES_MARK, samples)
 
 
 if __name__ == "__main__":
