@@ -136,6 +136,18 @@ def _results(model: str, row: str) -> list[dict[str, Any]]:
     return [json.loads(f.read_text()) for f in sorted((OUT / model / row).glob("seed-*/result.json"))]
 
 
+def _row_stats(rs: list[dict[str, Any]], before: str) -> dict[str, Any]:
+    """What every summary row holds: seeds, bits, FP32, top-1 before (``before``) and after calibration, the
+    seeds calibrated with outdated settings, and the test split (each statistic mean, min, max over seeds)."""
+    return {"seeds": sorted(r["seed"] for r in rs),
+            "avg_bits": seed_stats([r["avg_bits"] for r in rs]),
+            "fp32": seed_stats([r["fp32_top1"] for r in rs]),
+            "before": seed_stats([r[before] for r in rs]),
+            "after": seed_stats([r["quant_top1"] for r in rs]),
+            "stale_calibration": sorted(r["seed"] for r in rs if not _current(r)),
+            "n_test": rs[0]["n_test"], "test_split": rs[0]["test_split"]}
+
+
 def summarise(models: list[str]) -> dict[str, Any]:
     """Per model and row: seeds, size, FP32, top-1 before and after calibration (mean, min, max)."""
     summary: dict[str, Any] = {"models": {}}
@@ -148,33 +160,20 @@ def summarise(models: list[str]) -> dict[str, Any]:
             if not rs:
                 continue
             before = "search_top1" if kind == "mixed" else "uncalibrated_top1"
-            rows.append({"row": name, "kind": kind, "init": init, "value": value,
-                         "seeds": sorted(r["seed"] for r in rs),
-                         "avg_bits": seed_stats([r["avg_bits"] for r in rs]),
+            rows.append({"row": name, "kind": kind, "init": init, "value": value, **_row_stats(rs, before),
                          "size_mb": seed_stats([r["size_mb"] for r in rs]),
-                         "fp32": seed_stats([r["fp32_top1"] for r in rs]),
-                         "before": seed_stats([r[before] for r in rs]),
-                         "after": seed_stats([r["quant_top1"] for r in rs]),
                          "below_fp32": seed_stats([r["fp32_top1"] - r["quant_top1"] for r in rs]),
                          "seconds": seed_stats([r["total_seconds"] for r in rs]),
-                         "stale_calibration": sorted(r["seed"] for r in rs if not _current(r)),
-                         "after_by_default": _by_default(rs),
-                         "n_test": rs[0]["n_test"], "test_split": rs[0]["test_split"]})
+                         "after_by_default": _by_default(rs)})
         if rows:
             summary["models"][model] = rows
     samples = []
     for n in SAMPLE_SIZES:
         rs = _results(SAMPLES_MODEL, _mixed_name("ilp", SAMPLES_TARGET, n))
         if rs:
-            samples.append({"samples": n, "seeds": sorted(r["seed"] for r in rs),
-                            "avg_bits": seed_stats([r["avg_bits"] for r in rs]),
-                            "fp32": seed_stats([r["fp32_top1"] for r in rs]),
-                            "before": seed_stats([r["search_top1"] for r in rs]),
-                            "after": seed_stats([r["quant_top1"] for r in rs]),
+            samples.append({"samples": n, **_row_stats(rs, "search_top1"),
                             "search_seconds": seed_stats([r["search_seconds"] for r in rs]),
-                            "calibration_seconds": seed_stats([r["calibration"]["seconds"] for r in rs]),
-                            "stale_calibration": sorted(r["seed"] for r in rs if not _current(r)),
-                            "n_test": rs[0]["n_test"], "test_split": rs[0]["test_split"]})
+                            "calibration_seconds": seed_stats([r["calibration"]["seconds"] for r in rs])})
     if samples:
         summary["samples"] = {"model": SAMPLES_MODEL, "target_bits": SAMPLES_TARGET, "rows": samples}
     return summary
