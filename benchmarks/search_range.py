@@ -1,0 +1,165 @@
+"""Does the search's weight range matter once the model is calibrated? Measured on CIFAR-10 validation only.
+
+Why this study: the EvoQ search scores configurations with the paper's min/max weight ranges, but feature
+calibration restarts every layer's grid from its OMSE (MSE-optimal clipping) range before learning it. At 2 and
+3 bits the two ranges quantize very differently, so the search may prefer or avoid low widths for reasons that
+vanish after calibration: its fitness ranks configurations by an error the final model never has. Where mixing
+did not beat uniform + calibration (ResNet-20 at 3.0 bits) or missed its goal (ResNet-18 at 2.5 bits), this
+mismatch is a candidate cause (#13: "find out why ... and fix what is wrong").
+
+For each model, target, seed and search range (``minmax``, the default, against ``omse``), one full EvoQ run
+(ILP start, default search and calibration, 50 train calibration images drawn by the seed) evaluated on the
+fixed validation part of CIFAR-10 train (5,000 images, never drawn for calibration): top-1 of the searched
+model before calibration and after it. No test image is read. Runs are folders
+``results/search-range/MODEL/TARGET/RANGE/seed-S`` (finished runs are skipped, an interrupted one resumes);
+the summary goes to ``results/search-range/summary.json`` and ``results/search-range/README.md``.
+
+Decision rule, fixed before any run: the default search range becomes ``omse`` only if, over 3 seeds, the
+paired difference (omse - minmax, same seed) of calibrated validation top-1 is above 0 on every seed in at least
+two of the rows and its mean is not below -0.1 on any row; otherwise ``minmax`` (the paper's) stays.
+
+    python benchmarks/search_range.py                                   # every row, cheapest first
+    python benchmarks/search_range.py --models resnet20-jpeg --targets 2.5
+    python benchmarks/search_range.py --no-run                          # summary only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from mixq.bits import Budget  # noqa: E402
+from mixq.evaluation.task import load_task  # noqa: E402
+from mixq.evoq.bitsearch import EvoQConfig  # noqa: E402
+from mixq.evoq.calibrate import CalibrationConfig  # noqa: E402
+from mixq.evoq.pipeline import RunOptions, run_evoq  # noqa: E402
+from mixq.fileio import atomic_write_json  # noqa: E402
+from mixq.provenance import versions  # noqa: E402
+from mixq.reports.tables import grid_table, seed_stats  # noqa: E402
+from mixq.reports.tables import spread_text as _spread  # noqa: E402
+
+OUT = ROOT / "results" / "search-range"
+SEEDS = (0, 1, 2)
+RANGES = ("minmax", "omse")
+#: (model, target average bits), cheapest first: the rows where mixing did not beat uniform or missed its goal,
+#: and ShuffleNetV2 at 3.0 where it did.
+ROWS = (("resnet20-jpeg", 2.5), ("resnet20-jpeg", 3.0), ("shufflenetv2-x0.5", 3.0), ("resnet18-jpeg", 2.5))
+
+
+def run_one(model: str, target: float, weight_range: str, seed: int) -> Path:
+    """One EvoQ run evaluated on validation (skipped when its result exists).
+
+    Args:
+        model: registry name.
+        target: average weight bits.
+        weight_range: the search's weight range method.
+        seed: draws the calibration images, seeds the search and the calibration.
+
+    Returns:
+        The run folder.
+    """
+    out = OUT / model / str(target) / weight_range / f"seed-{seed}"
+    if not (out / "result.json").is_file():
+        task = load_task(model, samples=50, seed=seed, eval_split="val")
+        options = RunOptions(budget=Budget(avg_bits=target), weight_range=weight_range,
+                             calibration=CalibrationConfig(seed=seed), evaluate_uniform=False, progress=False)
+        run_evoq(task, options, EvoQConfig(seed=seed, init="ilp"), out)
+        print(f"{model} {target} {weight_range} seed {seed} done", flush=True)
+    return out
+
+
+def _result(model: str, target: float, weight_range: str, seed: int) -> dict[str, Any] | None:
+    f = OUT / model / str(target) / weight_range / f"seed-{seed}" / "result.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def summarise() -> dict[str, Any]:
+    """Per row and range: validation top-1 before and after calibration over seeds, and the paired difference.
+
+    Returns:
+        ``{"rows": [...], "decision": str, "versions": {...}}``.
+    """
+    rows = []
+    for model, target in ROWS:
+        by = {r: {s: x for s in SEEDS if (x := _result(model, target, r, s)) is not None} for r in RANGES}
+        if not any(by.values()):
+            continue
+        row: dict[str, Any] = {"model": model, "target": target}
+        for r in RANGES:
+            rs = list(by[r].values())
+            row[r] = {"seeds": sorted(by[r]), "fp32": seed_stats([x["fp32_top1"] for x in rs]),
+                      "avg_bits": seed_stats([x["avg_bits"] for x in rs]),
+                      "before": seed_stats([x["search_top1"] for x in rs]),
+                      "after": seed_stats([x["quant_top1"] for x in rs]),
+                      "fitness": seed_stats([x["fitness"] for x in rs]),
+                      "split": rs[0]["test_split"] if rs else None, "n_eval": rs[0]["n_test"] if rs else None}
+        paired = sorted(set(by["minmax"]) & set(by["omse"]))
+        diffs = [by["omse"][s]["quant_top1"] - by["minmax"][s]["quant_top1"] for s in paired]
+        row["paired_seeds"] = paired
+        row["omse_minus_minmax"] = seed_stats(diffs)
+        row["all_seeds_up"] = len(diffs) == len(SEEDS) and min(diffs) > 0
+        rows.append(row)
+    return {"rows": rows, "decision": decide(rows), "versions": versions()}
+
+
+def decide(rows: list[dict[str, Any]]) -> str:
+    """The rule fixed in the module docstring, applied to the rows with all seeds paired."""
+    complete = [r for r in rows if len(r["paired_seeds"]) == len(SEEDS)]
+    if len(complete) < len(ROWS):
+        return f"undecided: {len(complete)} of {len(ROWS)} rows have all {len(SEEDS)} seeds"
+    up = sum(r["all_seeds_up"] for r in complete)
+    worst = min(r["omse_minus_minmax"]["mean"] for r in complete)
+    if up >= 2 and worst >= -0.1:
+        return f"omse: every seed gains on {up} rows, worst row mean {worst:+.2f}"
+    return f"minmax stays: every seed gains on {up} rows (2 needed), worst row mean {worst:+.2f} (-0.1 allowed)"
+
+
+def table(summary: dict[str, Any]) -> str:
+    """Markdown: one line per row and range, then the paired difference."""
+    lines = []
+    for row in summary["rows"]:
+        for r in RANGES:
+            s = row[r]
+            if not s["seeds"]:
+                continue
+            lines.append([row["model"], f"{row['target']}", r, str(len(s["seeds"])), _spread(s["fp32"]),
+                          _spread(s["before"]), _spread(s["after"]),
+                          _spread(row["omse_minus_minmax"]) if r == "omse" else ""])
+    head = ["model", "avg bits", "search range", "seeds", "FP32", "searched (before calibration)", "calibrated",
+            "calibrated, omse - minmax (paired)"]
+    split = next((row[r]["split"] for row in summary["rows"] for r in RANGES if row[r]["split"]), "val")
+    return (f"Top-1 % on CIFAR-10 {split} (mean [min, max] over seeds); 50 train calibration images per seed.\n\n"
+            + grid_table(head, lines) + f"\n\nDecision (rule in `benchmarks/search_range.py`): {summary['decision']}\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=None, help="only these models (default: every row)")
+    parser.add_argument("--targets", nargs="+", type=float, default=None, help="only these average-bit targets")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--no-run", action="store_true", help="only write the summary of the finished runs")
+    args = parser.parse_args()
+    if not args.no_run:
+        for model, target in ROWS:
+            if (args.models and model not in args.models) or (args.targets and target not in args.targets):
+                continue
+            for seed in args.seeds:
+                for r in RANGES:
+                    run_one(model, target, r, seed)
+    summary = summarise()
+    OUT.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(OUT / "summary.json", summary)
+    text = table(summary)
+    (OUT / "README.md").write_text("# Search weight range: min/max against OMSE, on validation\n\n" + text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
