@@ -150,7 +150,8 @@ def summarise() -> dict[str, Any]:
 
 
 def decide(rows: list[dict[str, Any]], key: str, what: str) -> str:
-    """The rule fixed in the module docstring for one comparison, on the rows with all seeds paired.
+    """The rule fixed in the module docstring for one comparison, on the rows with all seeds paired; a row whose
+    mean is below -0.1 decides it ("stays") before the other rows are complete.
 
     Args:
         rows: :func:`summarise`'s rows.
@@ -161,12 +162,17 @@ def decide(rows: list[dict[str, Any]], key: str, what: str) -> str:
         The decision, in words.
     """
     complete = [r for r in rows if len(r[key]["seeds"]) == len(SEEDS)]
-    if len(complete) < len(ROWS):
-        return f"{what}: undecided, {len(complete)} of {len(ROWS)} rows have all {len(SEEDS)} seeds"
+    if not complete:
+        return f"{what}: undecided, no row has all {len(SEEDS)} seeds"
     up = sum(r[key]["all_seeds_up"] for r in complete)
     worst = min(r[key]["diff"]["mean"] for r in complete)
-    verdict = "changes" if up >= 2 and worst >= -0.1 else "stays"
-    return f"{what} {verdict}: every seed gains on {up} rows (2 needed), worst row mean {worst:+.2f} (-0.1 allowed)"
+    counts = (f"every seed gains on {up} of {len(complete)} complete rows (2 needed), worst row mean {worst:+.2f} "
+              "(-0.1 allowed)")
+    if worst < -0.1:  # no further row can undo a failed row: decided early
+        return f"{what} stays: {counts}"
+    if len(complete) < len(ROWS):
+        return f"{what}: undecided, {len(complete)} of {len(ROWS)} rows have all {len(SEEDS)} seeds; {counts}"
+    return f"{what} {'changes' if up >= 2 else 'stays'}: {counts}"
 
 
 def table(summary: dict[str, Any]) -> str:
