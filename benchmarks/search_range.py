@@ -116,7 +116,10 @@ def run_own_grid(model: str, target: float, seed: int) -> Path:
 
 def _result(model: str, target: float, weight_range: str, seed: int) -> dict[str, Any] | None:
     f = OUT / model / str(target) / weight_range / f"seed-{seed}" / "result.json"
-    return json.loads(f.read_text()) if f.is_file() else None
+    record = json.loads(f.read_text()) if f.is_file() else None
+    if record is not None and weight_range == "minmax-own-grid" and not record.get("previous_calibrations"):
+        return None  # copied from the minmax run, not calibrated again yet
+    return record
 
 
 def summarise() -> dict[str, Any]:
