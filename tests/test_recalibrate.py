@@ -118,3 +118,18 @@ def test_cli_recalibrates_a_run_folder_and_names_bad_input(tmp_path, capsys):
     (tmp_path / "u4" / "result.json").write_text("[]")
     assert main(["recalibrate", str(tmp_path / "u4")]) == 2
     assert "is not a mixq run result" in capsys.readouterr().err
+
+
+def test_calib_grid_init_flag_maps_search_to_the_runs_own_range(capsys):
+    import argparse
+
+    from mixq.cli.common import add_calibration_args, calibration_from_args
+
+    p = argparse.ArgumentParser()
+    add_calibration_args(p)
+    assert calibration_from_args(p.parse_args([]), seed=0).grid_init == "omse"  # the default
+    assert calibration_from_args(p.parse_args(["--calib-grid-init", "search"]), seed=0).grid_init is None
+    assert calibration_from_args(p.parse_args(["--calib-grid-init", "minmax"]), seed=0).grid_init == "minmax"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--calib-grid-init", "nearest"])
+    assert "invalid choice: 'nearest'" in capsys.readouterr().err
