@@ -67,6 +67,10 @@ COMPARISONS = {"omse": ("minmax", "omse_minus_minmax", "search range"),
 ROWS = (("resnet20-jpeg", 2.5), ("resnet20-jpeg", 3.0), ("shufflenetv2-x0.5", 3.0), ("resnet18-jpeg", 2.5))
 
 
+def _folder(model: str, target: float, arm: str, seed: int) -> Path:
+    return OUT / model / str(target) / arm / f"seed-{seed}"
+
+
 def run_one(model: str, target: float, weight_range: str, seed: int) -> Path:
     """One EvoQ run evaluated on validation (skipped when its result exists).
 
@@ -79,7 +83,7 @@ def run_one(model: str, target: float, weight_range: str, seed: int) -> Path:
     Returns:
         The run folder.
     """
-    out = OUT / model / str(target) / weight_range / f"seed-{seed}"
+    out = _folder(model, target, weight_range, seed)
     if not (out / "result.json").is_file():
         task = load_task(model, samples=50, seed=seed, eval_split="val")
         options = RunOptions(budget=Budget(avg_bits=target), weight_range=weight_range,
@@ -102,9 +106,8 @@ def run_own_grid(model: str, target: float, seed: int) -> Path:
         The run folder.
     """
     source = run_one(model, target, "minmax", seed)
-    out = OUT / model / str(target) / "minmax-own-grid" / f"seed-{seed}"
-    record = json.loads((out / "result.json").read_text()) if (out / "result.json").is_file() else {}
-    if not record.get("previous_calibrations"):
+    out = _folder(model, target, "minmax-own-grid", seed)
+    if _result(model, target, "minmax-own-grid", seed) is None:
         out.mkdir(parents=True, exist_ok=True)
         for name in ("result.json", "config.json"):
             shutil.copyfile(source / name, out / name)
@@ -115,7 +118,7 @@ def run_own_grid(model: str, target: float, seed: int) -> Path:
 
 
 def _result(model: str, target: float, weight_range: str, seed: int) -> dict[str, Any] | None:
-    f = OUT / model / str(target) / weight_range / f"seed-{seed}" / "result.json"
+    f = _folder(model, target, weight_range, seed) / "result.json"
     record = json.loads(f.read_text()) if f.is_file() else None
     if record is not None and weight_range == "minmax-own-grid" and not record.get("previous_calibrations"):
         return None  # copied from the minmax run, not calibrated again yet
@@ -126,7 +129,7 @@ def summarise() -> dict[str, Any]:
     """Per row and range: validation top-1 before and after calibration over seeds, and the paired difference.
 
     Returns:
-        ``{"rows": [...], "decision": str, "versions": {...}}``.
+        ``{"rows": [...], "decisions": {arm: str}, "versions": {...}}``.
     """
     rows = []
     for model, target in ROWS:
